@@ -1,0 +1,93 @@
+"""Every error pausewire raises on purpose.
+
+    PausewireError
+    ├── ConfigurationError        a setting is missing or contradicts another
+    ├── InvalidWaitRequestError   bad arguments to wait_for_user_input (ValueError)
+    ├── HandleConflictError       a correlation id already waits in another run
+    ├── PauseFailedError          Prefect refused or never answered the pause
+    ├── WaitTimeoutError          nobody answered before the handle expired
+    ├── StoreUnavailableError     Postgres could not be reached or refused
+    ├── MigrationError            a migration file failed to apply
+    └── CallbackRejectedError     a callback cannot be applied; goes to the DLQ
+
+Ids are attributes, so a caller can log or match on them without parsing
+the message. Driver errors are translated at the boundary with `from`.
+"""
+
+from __future__ import annotations
+
+
+class PausewireError(Exception):
+    """Base of every error raised by pausewire itself."""
+
+
+class ConfigurationError(PausewireError):
+    """A setting is missing, malformed, or contradicts another one."""
+
+
+class InvalidWaitRequestError(PausewireError, ValueError):
+    """The arguments to `wait_for_user_input` are unusable; nothing was written."""
+
+
+class HandleConflictError(PausewireError):
+    """The correlation id already has an active handle in another flow run."""
+
+    def __init__(
+        self, correlation_id: str, existing_flow_run_id: str, flow_run_id: str
+    ) -> None:
+        self.correlation_id = correlation_id
+        self.existing_flow_run_id = existing_flow_run_id
+        self.flow_run_id = flow_run_id
+        super().__init__(
+            f"correlation id {correlation_id!r} already waits in flow run "
+            f"{existing_flow_run_id}; flow run {flow_run_id} may not reuse it"
+        )
+
+
+class PauseFailedError(PausewireError):
+    """Prefect did not accept the pause; the handle was compensated."""
+
+    def __init__(self, correlation_id: str, flow_run_id: str, reason: str) -> None:
+        self.correlation_id = correlation_id
+        self.flow_run_id = flow_run_id
+        self.reason = reason
+        super().__init__(
+            f"pausing flow run {flow_run_id} for correlation id {correlation_id!r} "
+            f"failed: {reason}"
+        )
+
+
+class WaitTimeoutError(PausewireError, TimeoutError):
+    """No answer arrived before the handle expired."""
+
+    def __init__(self, correlation_id: str, timeout_seconds: float) -> None:
+        self.correlation_id = correlation_id
+        self.timeout_seconds = timeout_seconds
+        super().__init__(
+            f"no answer for correlation id {correlation_id!r} within "
+            f"{timeout_seconds:g} s; the handle is EXPIRED"
+        )
+
+
+class StoreUnavailableError(PausewireError):
+    """Postgres could not be reached, or refused the statement."""
+
+
+class MigrationError(PausewireError):
+    """A migration file failed; the transaction that applied it rolled back."""
+
+    def __init__(self, filename: str, reason: str) -> None:
+        self.filename = filename
+        self.reason = reason
+        super().__init__(f"migration {filename} failed: {reason}")
+
+
+class CallbackRejectedError(PausewireError):
+    """A callback cannot be applied and belongs in the dead-letter topic."""
+
+    def __init__(self, reason: str, correlation_id: str | None = None) -> None:
+        self.reason = reason
+        self.correlation_id = correlation_id
+        super().__init__(
+            f"callback for correlation id {correlation_id!r} rejected: {reason}"
+        )
