@@ -23,6 +23,10 @@ from outbox.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+# The shapes confluent-kafka uses for message headers.
+HeaderValue = str | bytes | None
+Headers = dict[str, HeaderValue] | list[tuple[str, HeaderValue]]
+
 # Producers of callbacks must partition like Kafka's Java client does, or a
 # callback lands on another partition than its handle's change events.
 PARTITIONER = "murmur2_random"
@@ -96,6 +100,19 @@ def main() -> int:
     for topic, count in counts.items():
         print(f"{topic} partitions={count}")
     return 0
+
+
+def header_map(headers: Headers | None) -> dict[str, bytes]:
+    """A message's headers as one dict; a repeated name keeps its last value.
+
+    confluent-kafka hands headers over as a list of pairs whose values may be
+    bytes, str or None; every reader of pausewire wants bytes by name.
+    """
+    pairs = headers.items() if isinstance(headers, dict) else headers or []
+    result: dict[str, bytes] = {}
+    for name, value in pairs:
+        result[name] = value.encode() if isinstance(value, str) else value or b""
+    return result
 
 
 if __name__ == "__main__":

@@ -86,15 +86,15 @@ def _compose_stack() -> Iterator[dict[str, str]]:
         yield {
             "PAUSEWIRE_DATABASE_URL": (
                 f"postgresql://pausewire_app:{env['PAUSEWIRE_APP_PASSWORD']}"
-                f"@127.0.0.1:{env['POSTGRES_PORT']}/pausewire"
+                f"@127.0.0.1:{env['POSTGRES_HOST_PORT']}/pausewire"
             ),
             "PAUSEWIRE_ADMIN_DATABASE_URL": (
                 f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}"
-                f"@127.0.0.1:{env['POSTGRES_PORT']}/pausewire"
+                f"@127.0.0.1:{env['POSTGRES_HOST_PORT']}/pausewire"
             ),
-            "PREFECT_API_URL": f"http://127.0.0.1:{env['PREFECT_PORT']}/api",
-            "REDIS_URL": f"redis://127.0.0.1:{env['REDIS_PORT']}/0",
-            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{env['KAFKA_PORT']}",
+            "PREFECT_API_URL": f"http://127.0.0.1:{env['PREFECT_HOST_PORT']}/api",
+            "REDIS_URL": f"redis://127.0.0.1:{env['REDIS_HOST_PORT']}/0",
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{env['KAFKA_HOST_PORT']}",
         }
 
 
