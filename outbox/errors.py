@@ -5,10 +5,12 @@
     ├── InvalidWaitRequestError   bad arguments to wait_for_user_input (ValueError)
     ├── HandleConflictError       a correlation id already waits in another run
     ├── PauseFailedError          Prefect refused or never answered the pause
+    ├── ResumeFailedError         resuming failed so often a person must look
     ├── WaitTimeoutError          nobody answered before the handle expired
     ├── StoreUnavailableError     Postgres could not be reached or refused
     ├── MigrationError            a migration file failed to apply
-    └── CallbackRejectedError     a callback cannot be applied; goes to the DLQ
+    ├── CallbackRejectedError     a callback cannot be applied; goes to the DLQ
+    └── LockNotAcquiredError      no quorum of Redis masters granted a resume lock
 
 Ids are attributes, so a caller can log or match on them without parsing
 the message. Driver errors are translated at the boundary with `from`.
@@ -57,6 +59,18 @@ class PauseFailedError(PausewireError):
         )
 
 
+class ResumeFailedError(PausewireError):
+    """The resumer gave up on this wait; the handle is RESUME_FAILED."""
+
+    def __init__(self, correlation_id: str, reason: str) -> None:
+        self.correlation_id = correlation_id
+        self.reason = reason
+        super().__init__(
+            f"resuming the wait for correlation id {correlation_id!r} failed for "
+            f"good: {reason}; see the handle's last_error and the resumer's log"
+        )
+
+
 class WaitTimeoutError(PausewireError, TimeoutError):
     """No answer arrived before the handle expired."""
 
@@ -90,4 +104,20 @@ class CallbackRejectedError(PausewireError):
         self.correlation_id = correlation_id
         super().__init__(
             f"callback for correlation id {correlation_id!r} rejected: {reason}"
+        )
+
+
+class LockNotAcquiredError(PausewireError):
+    """No quorum of Redis masters granted the resume lock of a correlation id.
+
+    Another worker holds it, or too many masters are down; the resume must
+    not run now and is retried later.
+    """
+
+    def __init__(self, correlation_id: str, attempts: int) -> None:
+        self.correlation_id = correlation_id
+        self.attempts = attempts
+        super().__init__(
+            f"resume lock for correlation id {correlation_id!r} not acquired "
+            f"after {attempts} attempts"
         )

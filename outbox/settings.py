@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         None, validation_alias=_env("PREFECT_API_KEY")
     )
     pause_enabled: bool = Field(False, validation_alias=_env("PREFECT_PAUSE_ENABLED"))
+    # How often a waiting flow asks Prefect whether it was resumed behind
+    # pausewire's back. Only a safety net: the wake comes from Postgres.
+    safety_poll_seconds: float = Field(
+        30.0, gt=0, validation_alias=_env("PAUSEWIRE_SAFETY_POLL_SECONDS")
+    )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL")
     )

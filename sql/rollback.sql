@@ -39,6 +39,7 @@ DROP TABLE IF EXISTS flow_resume_handles;
 DROP TABLE IF EXISTS outbox_events;
 DROP TABLE IF EXISTS early_callbacks;
 DROP FUNCTION IF EXISTS audit_handle_status();
+DROP FUNCTION IF EXISTS notify_handle_status();
 DROP FUNCTION IF EXISTS touch_updated_at();
 DROP TYPE IF EXISTS handle_status;
 

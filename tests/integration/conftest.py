@@ -208,3 +208,46 @@ def value_json(message: Message) -> dict[str, object]:
     assert raw is not None, "expected a value, got a tombstone"
     decoded: dict[str, object] = json.loads(raw)
     return decoded
+
+
+@pytest.fixture(scope="session")
+def prefect_api(stack: StackEnv) -> Iterator[str]:
+    """Points Prefect, already imported with other settings, at the stack."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
+        yield stack.prefect_api
+
+
+@pytest.fixture
+def pausing(stack: StackEnv, prefect_api: str, monkeypatch) -> Iterator[None]:
+    """PREFECT_PAUSE_ENABLED=true for one test, with fresh settings."""
+    from outbox.settings import get_settings
+
+    monkeypatch.setenv("PREFECT_PAUSE_ENABLED", "true")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def wait_for(what: str, probe: Callable[[], object], timeout_s: float = 15.0) -> object:
+    """Polls `probe` until it returns something truthy; fails with `what`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = probe()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def handle_row(dsn: str, correlation_id: str) -> dict[str, object] | None:
+    """The newest handle of a correlation id, as a dict, or None."""
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        return conn.execute(
+            "SELECT * FROM flow_resume_handles WHERE correlation_id = %s "
+            "ORDER BY created_at DESC LIMIT 1",
+            (correlation_id,),
+        ).fetchone()
