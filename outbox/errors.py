@@ -10,7 +10,8 @@
     ├── StoreUnavailableError     Postgres could not be reached or refused
     ├── MigrationError            a migration file failed to apply
     ├── CallbackRejectedError     a callback cannot be applied; goes to the DLQ
-    └── LockNotAcquiredError      no quorum of Redis masters granted a resume lock
+    ├── LockNotAcquiredError      no quorum of Redis masters granted a resume lock
+    └── DeadLetterError           the dead-letter topic was not written or read
 
 Ids are attributes, so a caller can log or match on them without parsing
 the message. Driver errors are translated at the boundary with `from`.
@@ -121,3 +122,21 @@ class LockNotAcquiredError(PausewireError):
             f"resume lock for correlation id {correlation_id!r} not acquired "
             f"after {attempts} attempts"
         )
+
+
+class DeadLetterError(PausewireError):
+    """A dead letter was not written durably, or a Kafka read or write of the
+    dead-letter tools failed.
+
+    When `DeadLetterQueue.send` raises it, the callback's source offset must
+    not be committed: the callback is then consumed and dead-lettered again.
+    """
+
+    def __init__(
+        self, topic: str, reason: str, correlation_id: str | None = None
+    ) -> None:
+        self.topic = topic
+        self.reason = reason
+        self.correlation_id = correlation_id
+        about = f" for correlation id {correlation_id!r}" if correlation_id else ""
+        super().__init__(f"topic {topic}{about}: {reason}")

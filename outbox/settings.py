@@ -71,6 +71,16 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(
         3, ge=1, validation_alias=_env("PAUSEWIRE_KAFKA_PARTITIONS")
     )
+    # How long a callback whose correlation id has no handle yet is kept
+    # before it goes to the dead-letter topic.
+    unknown_grace_seconds: float = Field(
+        300.0, ge=0, validation_alias=_env("PAUSEWIRE_UNKNOWN_GRACE_SECONDS")
+    )
+    # Resumes carried out at once: Prefect's server, not the resumer, is the
+    # ceiling, so a few are enough to keep it busy.
+    resume_concurrency: int = Field(
+        8, ge=1, validation_alias=_env("PAUSEWIRE_RESUME_CONCURRENCY")
+    )
     metrics_port: int = Field(9400, validation_alias=_env("PAUSEWIRE_METRICS_PORT"))
 
     @property

@@ -198,6 +198,49 @@ class HandleStore:
             ).fetchone()
         return bool(row and row["moved"])
 
+    # ---- the resumer's writes
+
+    def hold_payload(self, handle_id: uuid.UUID, payload: dict[str, Any]) -> bool:
+        """Keeps a payload on a still-active handle; the first one stays."""
+        with self._tx() as conn:
+            moved = conn.execute(
+                "UPDATE flow_resume_handles "
+                "SET resume_payload = COALESCE(resume_payload, %s) "
+                "WHERE id = %s AND status IN ('PENDING_PAUSE', 'PAUSED')",
+                (json.dumps(payload), handle_id),
+            ).rowcount
+        return moved == 1
+
+    def park_early(
+        self, correlation_id: str, payload: dict[str, Any], source: dict[str, Any]
+    ) -> None:
+        """Keeps a callback that came before any handle of its id."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO early_callbacks (correlation_id, payload, source) "
+                "VALUES (%s, %s, %s) ON CONFLICT (correlation_id) DO NOTHING",
+                (correlation_id, json.dumps(payload), json.dumps(source)),
+            )
+
+    def drop_early(self, correlation_id: str) -> None:
+        """Forgets a parked callback once it was applied or dead-lettered."""
+        with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM early_callbacks WHERE correlation_id = %s",
+                (correlation_id,),
+            )
+
+    def mark_resume_failed(self, handle_id: uuid.UUID, error: str) -> bool:
+        """PAUSED -> RESUME_FAILED with the last error, for a person to see."""
+        with self._tx() as conn:
+            moved = conn.execute(
+                "UPDATE flow_resume_handles SET status = 'RESUME_FAILED', "
+                "last_error = %s, attempts = attempts + 1 "
+                "WHERE id = %s AND status = 'PAUSED'",
+                (error, handle_id),
+            ).rowcount
+        return moved == 1
+
 
 def _belongs(existing: Handle, request: WaitRequest) -> bool:
     """Whether `existing` is this request's handle; raises on a conflict."""

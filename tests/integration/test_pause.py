@@ -7,7 +7,6 @@ the handle RESUMED, which is what wakes the flow.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import time
 import uuid
@@ -18,7 +17,6 @@ import psycopg
 import pytest
 from prefect import flow, task
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.responses import SetStateStatus
 from prefect.input import RunInput
 
 from flows import pause as pause_module
@@ -27,7 +25,10 @@ from outbox import store as store_module
 from outbox.errors import HandleConflictError, PauseFailedError, WaitTimeoutError
 from outbox.models import WaitMode, WaitRequest
 from outbox.store import get_store
-from tests.integration.conftest import handle_row, wait_for
+from tests.integration.conftest import handle_row
+from tests.integration.waits import FlowRunner, resume_directly
+from tests.integration.waits import handle_and_event_counts as _counts
+from tests.integration.waits import paused_handle as _paused
 
 pytestmark = pytest.mark.integration
 
@@ -74,57 +75,10 @@ def asking_with_default(correlation_id: str) -> dict[str, Any]:
     ).model_dump()
 
 
-class FlowRunner:
-    """Runs flows in threads that see this thread's Prefect settings."""
-
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
-        self.pool = pool
-
-    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Future[Any]:
-        # A new thread starts with empty context variables, and Prefect keeps
-        # its settings in one: without the copy the flow would talk to a
-        # throwaway local server instead of the stack's.
-        context = contextvars.copy_context()
-        return self.pool.submit(context.run, fn, *args, **kwargs)
-
-
 @pytest.fixture
 def runner() -> Any:
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="flow") as pool:
         yield FlowRunner(pool)
-
-
-def _paused(stack, correlation_id: str, timeout_s: float = 15.0) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        row = handle_row(stack.admin_dsn, correlation_id)
-        return row if row and row["status"] == "PAUSED" else None
-
-    return wait_for(f"handle {correlation_id} PAUSED", probe, timeout_s)  # type: ignore[return-value]
-
-
-def resume_directly(row: dict[str, Any], payload: dict[str, Any]) -> float:
-    """Resumes through Prefect's API, then marks the handle; returns when."""
-    with get_client(sync_client=True) as client:
-        result = client.resume_flow_run(row["flow_run_id"], run_input=payload)
-    assert result.status == SetStateStatus.ACCEPT, result.details
-    accepted = time.monotonic()
-    assert get_store().mark_resumed(row["id"], payload)
-    return accepted
-
-
-def _counts(stack, correlation_id: str) -> tuple[int, int]:
-    with psycopg.connect(stack.admin_dsn) as conn:
-        handles = conn.execute(
-            "SELECT count(*) FROM flow_resume_handles WHERE correlation_id = %s",
-            (correlation_id,),
-        ).fetchone()
-        events = conn.execute(
-            "SELECT count(*) FROM outbox_events WHERE aggregateid = %s "
-            "AND type = 'input_requested'",
-            (correlation_id,),
-        ).fetchone()
-    assert handles is not None and events is not None
-    return handles[0], events[0]
 
 
 def _paused_states(flow_run_id: uuid.UUID) -> int:

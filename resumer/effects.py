@@ -1,0 +1,72 @@
+"""What the join decides, carried out against Postgres and Prefect."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+
+from outbox.models import HandleStatus
+from outbox.store import HandleStore
+from resumer import metrics
+from resumer.join import DeadLetter, DeadLetterReason, MarkFailed, Resume, Store
+from resumer.prefect_api import Outcome, PrefectResumer, ResumeResult
+
+logger = logging.getLogger(__name__)
+
+
+class Effects:
+    """Postgres writes of the resumer, and the resume itself."""
+
+    def __init__(self, store: HandleStore) -> None:
+        self.store = store
+
+    def store_payload(self, action: Store) -> None:
+        """Keeps a payload until its handle is PAUSED."""
+        if action.handle_id is not None:
+            self.store.hold_payload(uuid.UUID(action.handle_id), action.payload)
+        else:
+            source = dataclasses.asdict(action.source)
+            self.store.park_early(action.correlation_id, action.payload, source)
+        logger.info(
+            "Stored the callback %s for correlation id %s until its handle is PAUSED",
+            action.source,
+            action.correlation_id,
+        )
+
+    def forget_early(self, action: DeadLetter) -> None:
+        if action.reason is DeadLetterReason.UNKNOWN_CORRELATION_ID:
+            self.store.drop_early(action.correlation_id)
+
+    def mark_failed(self, action: MarkFailed) -> None:
+        self.store.mark_resume_failed(uuid.UUID(action.handle_id), action.error)
+        metrics.HANDLES_FAILED.inc()
+        logger.error(
+            "Gave up resuming flow run %s for correlation id %s; handle %s is "
+            "RESUME_FAILED for a person to look at. Last error: %s",
+            action.flow_run_id,
+            action.correlation_id,
+            action.handle_id,
+            action.error,
+        )
+
+    def resume(self, resume: Resume, prefect: PrefectResumer) -> ResumeResult:
+        """Resumes in Prefect, then marks the handle; runs under the lock."""
+        handle = self.store.get(uuid.UUID(resume.handle_id))
+        if handle is None:
+            return ResumeResult(Outcome.RETRY, "the handle row does not exist")
+        if handle.status is HandleStatus.RESUMED:
+            return ResumeResult(Outcome.ALREADY_RESUMED, "handle already RESUMED")
+        if handle.status is not HandleStatus.PAUSED:
+            return ResumeResult(
+                Outcome.RETRY, f"the handle is {handle.status}, not PAUSED"
+            )
+        response_key = handle.resume_handle.get("keyset", {}).get("response")
+        result = prefect.resume(resume.flow_run_id, resume.payload, response_key)
+        if result.outcome is not Outcome.RETRY:
+            # The order matters: Prefect first, then the mark. A crash in
+            # between leaves PAUSED, and the next attempt finds Prefect
+            # holding this payload and counts it as done.
+            self.store.mark_resumed(handle.id, resume.payload)
+            self.store.drop_early(resume.correlation_id)
+        return result

@@ -1,0 +1,80 @@
+"""Resumes a paused flow run through Prefect's REST API, idempotently.
+
+Prefect refuses a second resume ("Cannot resume a flow run that is not
+paused"), so whether a refusal means "already done" is decided here: if
+the run input Prefect holds for this wait equals the payload, an earlier
+attempt of ours went through (for example just before a crash) and this
+one counts as a success.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.responses import SetStateStatus
+from prefect.exceptions import ObjectNotFound
+
+logger = logging.getLogger(__name__)
+
+# Prefect answers these while the pause is not fully recorded yet; asking
+# again shortly after succeeds.
+_RETRYABLE_REASONS = ("Run input schema not found",)
+
+
+class Outcome(enum.Enum):
+    RESUMED = "resumed"
+    ALREADY_RESUMED = "already_resumed"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class ResumeResult:
+    outcome: Outcome
+    detail: str = ""
+
+
+class PrefectResumer:
+    """One Prefect client per thread: resumes run in a thread pool."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _client(self) -> SyncPrefectClient:
+        client: SyncPrefectClient | None = getattr(self._local, "client", None)
+        if client is None:
+            client = get_client(sync_client=True)
+            client.__enter__()
+            self._local.client = client
+        return client
+
+    def resume(
+        self, flow_run_id: str, payload: dict[str, Any], response_key: str | None
+    ) -> ResumeResult:
+        """Resume the run with `payload` as its run input."""
+        run_id = uuid.UUID(flow_run_id)
+        try:
+            answer = self._client().resume_flow_run(run_id, run_input=payload)
+        except Exception as exc:
+            return ResumeResult(Outcome.RETRY, f"{type(exc).__name__}: {exc}")
+        if answer.status == SetStateStatus.ACCEPT:
+            return ResumeResult(Outcome.RESUMED)
+        reason = str(getattr(answer.details, "reason", answer.details))
+        if any(r in reason for r in _RETRYABLE_REASONS):
+            return ResumeResult(Outcome.RETRY, reason)
+        if response_key and self._holds(run_id, response_key, payload):
+            return ResumeResult(Outcome.ALREADY_RESUMED, reason)
+        return ResumeResult(Outcome.RETRY, f"Prefect refused the resume: {reason}")
+
+    def _holds(self, run_id: uuid.UUID, key: str, payload: dict[str, Any]) -> bool:
+        try:
+            held = json.loads(self._client().read_flow_run_input(run_id, key))
+        except ObjectNotFound:
+            return False
+        return bool(held == payload)
