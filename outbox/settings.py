@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     resume_concurrency: int = Field(
         8, ge=1, validation_alias=_env("PAUSEWIRE_RESUME_CONCURRENCY")
     )
+    # Fault injection for recovery tests and drills: "after_prefect_resume"
+    # makes the resumer kill itself with SIGKILL right after Prefect accepted
+    # a resume, before the handle is marked and the offset committed.
+    crash_point: str = Field("", validation_alias=_env("PAUSEWIRE_CRASH_POINT"))
     metrics_port: int = Field(9400, validation_alias=_env("PAUSEWIRE_METRICS_PORT"))
 
     @property

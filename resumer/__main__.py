@@ -38,7 +38,7 @@ def run_worker() -> int:
     server = serve(health, settings.metrics_port)
     worker = Worker(
         settings,
-        effects=Effects(store),
+        effects=Effects(store, settings.crash_point),
         cache=HandleCache(store.pool, settings.redis_url),
         locks=LockManager.from_settings(settings),
         prefect=PrefectResumer(),

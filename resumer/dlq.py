@@ -72,10 +72,6 @@ CORRELATION_ID_HEADER = "pausewire.dlq.correlation_id"
 REDRIVEN_FROM_HEADER = "pausewire.redriven-from"
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
-# Below the flush timeout, so librdkafka gives up on a record before `send`
-# stops waiting: the delivery report then says "failed" for certain, and no
-# record left in the queue lands later behind the worker's back.
-DELIVERY_TIMEOUT_MS = 25_000
 PREVIEW_CHARS = 80
 
 HeaderList = list[tuple[str, HeaderValue]]
@@ -167,12 +163,44 @@ def _json_object(value: bytes | None) -> dict[str, Any] | Rejected:
             DeadLetterReason.INVALID_PAYLOAD,
             f"the value is a JSON {_json_type(body)}, not an object",
         )
+    if not _storable(body):
+        return Rejected(
+            DeadLetterReason.INVALID_PAYLOAD,
+            "a string holds \\u0000 or a lone surrogate, which Postgres cannot store",
+        )
     return body
 
 
 def _no_constant(name: str) -> None:
     # Python reads NaN and Infinity, which JSON has not; other readers fail.
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _storable(body: dict[str, Any]) -> bool:
+    """False when a string in `body` cannot become Postgres text or jsonb.
+
+    JSON escapes can spell both; the record would then fail at the handle
+    store on every redelivery instead of once, here.
+    """
+    pending: list[object] = [body]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str) and not _storable_text(item):
+            return False
+    return True
+
+
+def _storable_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def _correlation_id(value: object) -> str | Rejected:
@@ -211,8 +239,13 @@ def _preview(raw: bytes | None) -> str:
 # ── writing ─────────────────────────────────────────────────────────────────
 
 
-def producer_config(bootstrap_servers: str) -> dict[str, Any]:
-    """Producer settings for the dead-letter topic and for redrives."""
+def producer_config(
+    bootstrap_servers: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+) -> dict[str, Any]:
+    """Producer settings for the dead-letter topic and for redrives.
+
+    `timeout_seconds` is how long the caller will wait for acknowledgements.
+    """
     return {
         "bootstrap.servers": bootstrap_servers,
         "client.id": "pausewire-dlq",
@@ -222,7 +255,10 @@ def producer_config(bootstrap_servers: str) -> dict[str, Any]:
         # librdkafka cannot write the record twice.
         "enable.idempotence": True,
         "acks": "all",
-        "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+        # librdkafka gives a record up before the caller stops waiting, so
+        # the delivery report says "failed" for certain, and no record left
+        # in the queue lands later, behind the caller's back.
+        "message.timeout.ms": max(1, int(timeout_seconds * 800)),
     }
 
 
@@ -568,7 +604,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = get_settings()
     except ValidationError as exc:
-        logger.error("pausewire-dlq: settings are incomplete: %s", exc)
+        # Named field by field: the error's own text quotes the environment,
+        # secrets included.
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        logger.error("pausewire-dlq: settings are incomplete: %s", problems)
         return 1
     run: Callable[[argparse.Namespace, Settings], int] = args.run
     try:
@@ -582,24 +624,42 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--topic", help="dead-letter topic (default: KAFKA_DLQ_TOPIC)")
     common.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS"
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="give up reading or sending after this long (default: %(default)s)",
     )
     common.add_argument("--reason", help="only records with this reason")
-    parser = argparse.ArgumentParser(prog="pausewire-dlq", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="pausewire-dlq",
+        description="List the dead-letter topic, or send records back from it.",
+        epilog="Reads stop at the high watermarks found at the start.",
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     show = commands.add_parser("list", parents=[common], help="print dead letters")
-    show.add_argument("--limit", type=_positive, metavar="N")
+    show.add_argument("--limit", type=_positive, metavar="N", help="print at most N")
     show.set_defaults(run=_list)
 
     redrive = commands.add_parser(
         "redrive", parents=[common], help="send dead letters back to a topic"
     )
     which = redrive.add_mutually_exclusive_group()
-    which.add_argument("--offsets", nargs="+", type=_partition_offset, metavar="P:O")
-    which.add_argument("--all", action="store_true")
-    redrive.add_argument("--to", help="target topic (default: the callback topic)")
-    redrive.add_argument("--dry-run", action="store_true")
+    which.add_argument(
+        "--offsets",
+        nargs="+",
+        type=_partition_offset,
+        metavar="P:O",
+        help="the records at these partition:offset positions",
+    )
+    which.add_argument("--all", action="store_true", help="every record")
+    redrive.add_argument(
+        "--to", metavar="TOPIC", help="target topic (default: the callback topic)"
+    )
+    redrive.add_argument(
+        "--dry-run", action="store_true", help="print what would be sent, send nothing"
+    )
     redrive.set_defaults(run=_redrive)
     return parser
 
@@ -650,12 +710,16 @@ def _redrive(args: argparse.Namespace, settings: Settings) -> int:
         )
     target = args.to or settings.callback_topic
     chosen = list(_selected(args, settings))
+    if not chosen:
+        logger.info("No dead letter matches; nothing to redrive")
+        return 0
     if args.dry_run:
         for record in chosen:
             print(f"would redrive {record.position} -> {target}: {record.summary()}")
         return 0
 
-    producer = Producer(producer_config(settings.kafka_bootstrap_servers))
+    config = producer_config(settings.kafka_bootstrap_servers, args.timeout)
+    producer = Producer(config)
     outgoing = [record.redrive() for record in chosen]
     sent = produce_durably(producer, target, outgoing, args.timeout)
     for record, where in zip(chosen, sent, strict=True):

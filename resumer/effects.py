@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
 import uuid
 
 from outbox.models import HandleStatus
@@ -18,8 +20,9 @@ logger = logging.getLogger(__name__)
 class Effects:
     """Postgres writes of the resumer, and the resume itself."""
 
-    def __init__(self, store: HandleStore) -> None:
+    def __init__(self, store: HandleStore, crash_point: str = "") -> None:
         self.store = store
+        self.crash_point = crash_point
 
     def store_payload(self, action: Store) -> None:
         """Keeps a payload until its handle is PAUSED."""
@@ -63,6 +66,9 @@ class Effects:
             )
         response_key = handle.resume_handle.get("keyset", {}).get("response")
         result = prefect.resume(resume.flow_run_id, resume.payload, response_key)
+        if self.crash_point == "after_prefect_resume":
+            logger.error("Crash point after_prefect_resume reached; killing myself")
+            os.kill(os.getpid(), signal.SIGKILL)
         if result.outcome is not Outcome.RETRY:
             # The order matters: Prefect first, then the mark. A crash in
             # between leaves PAUSED, and the next attempt finds Prefect

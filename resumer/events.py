@@ -38,7 +38,9 @@ def parse_handle_change(value: bytes | None) -> ChangeRecord | None:
     if not value:
         return None
     row: dict[str, Any] = json.loads(value)
-    if "correlation_id" not in row:
+    if not row.get("correlation_id") or not row.get("id"):
+        # A delete logged before the table kept full rows names no
+        # correlation id; nothing can be joined on it.
         return None
     expires_at = datetime.fromisoformat(row["expires_at"])
     payload = _json_column(row.get("resume_payload"))

@@ -169,8 +169,8 @@ def _event(
         record = parse_handle_change(message.value())
         if record is None:
             return None
-        rebuilt.views[record.view.correlation_id] = record.view
-        if refill is not None:
+        _remember(rebuilt.views, record.view, deleted=record.change.deleted)
+        if refill is not None and not record.change.deleted:
             refill(record.view, record.version)
         return record.change
     parsed = parse_callback(message.key(), message.value())
@@ -181,6 +181,15 @@ def _event(
     if problem is not None:
         return CallbackInvalid(callback, problem)
     return CallbackReceived(callback, record_time(message))
+
+
+def _remember(views: dict[str, HandleView], view: HandleView, *, deleted: bool) -> None:
+    """Keeps the newest view per correlation id; a delete takes its own away."""
+    current = views.get(view.correlation_id)
+    if not deleted:
+        views[view.correlation_id] = view
+    elif current is not None and current.handle_id == view.handle_id:
+        del views[view.correlation_id]
 
 
 def position_of(message: Message) -> SourcePosition:

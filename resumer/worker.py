@@ -244,7 +244,8 @@ class Worker:
         record = parse_handle_change(message.value())
         if record is None:
             return []
-        self.cache.put(record.view, record.version)
+        if not record.change.deleted:
+            self.cache.put(record.view, record.version)
         if record.created:
             metrics.HANDLES_CREATED.inc()
         if record.committed_at_ms:

@@ -2,10 +2,11 @@
 
 The genesis flow is served by `python -m flows.genesis serve` in a child
 process, as an operator would run it. A run created from the deployment
-suspends at its question; the test resumes it the way the resumer does;
-Prefect schedules it again, the served process picks it up, and the flow
-runs from the top: the task before the question comes from its persisted
-result, and the wait returns the answer without pausing a second time.
+suspends at its question and its process exits; the test resumes it the way
+the resumer does; Prefect schedules it again, the served process picks it
+up, and the flow runs from the top: the task before the question comes from
+its persisted result, and the wait returns the answer without suspending a
+second time.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
@@ -38,6 +39,14 @@ from tests.integration.waits import (
 pytestmark = pytest.mark.integration
 
 ANSWER = {"user_response": "yes", "additional_data": {"by": "ops"}, "skipped": False}
+# What genesis returns for ANSWER: apply_answer ran with the typed answer.
+APPROVED = {
+    "customer": "Ada",
+    "approved": True,
+    "answer": "yes",
+    "skipped": False,
+    "additional_data": {"by": "ops"},
+}
 
 # Picking a scheduled run up takes one runner poll (1 s here) plus starting
 # the run's own process, which imports Prefect and the flow module.
@@ -46,7 +55,7 @@ PICKUP_TIMEOUT_S = 60.0
 
 @dataclass(frozen=True)
 class Served:
-    """The serving process, its log, and where results are persisted."""
+    """The serving process, its log, and where its runs persist results."""
 
     process: subprocess.Popen[bytes]
     log: Path
@@ -56,19 +65,36 @@ class Served:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def flow_run_processes(self) -> list[int]:
+        """The children running a flow run: the runner spawns one per run.
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
+        The runner also keeps multiprocessing's resource tracker as a child
+        for its whole life; that one runs no flow and is left out.
+        """
+        found = []
+        for listing in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
+            for child in listing.read_text().split():
+                try:
+                    cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                except FileNotFoundError:
+                    continue
+                if b"spawn_main" in cmdline:
+                    found.append(int(child))
+        return found
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if the runner's graceful shutdown hangs."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
 
 
-def _deployment_served_since(started: datetime) -> bool:
+def _served_since(started: datetime) -> bool:
     # A deployment left by an earlier serve exists already, paused by that
     # serve's shutdown; only an unpaused one updated since this start shows
     # that this process registered it.
@@ -81,27 +107,18 @@ def _deployment_served_since(started: datetime) -> bool:
     return not deployment.paused and updated is not None and updated >= started
 
 
-def _children(pid: int) -> list[int]:
-    """The child processes of `pid`: the served process runs each flow run in one."""
-    found: list[int] = []
-    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
-        found.extend(int(child) for child in listing.read_text().split())
-    return found
-
-
 @pytest.fixture
 def served(stack, prefect_api: str, tmp_path: Path) -> Iterator[Served]:
     """`python -m flows.genesis serve`, registered and polling every second."""
-    storage = tmp_path / "results"
-    log = tmp_path / "serve.log"
     env = {
         **os.environ,
         "PREFECT_API_URL": prefect_api,
         "PREFECT_PAUSE_ENABLED": "true",
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        "PREFECT_LOCAL_STORAGE_PATH": str(storage),
+        "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
     }
     started = datetime.now(UTC).replace(microsecond=0)
+    log = tmp_path / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "flows.genesis", "serve"],
@@ -110,20 +127,20 @@ def served(stack, prefect_api: str, tmp_path: Path) -> Iterator[Served]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    handle = Served(process, log, storage)
+    served = Served(process, log, tmp_path / "results")
     try:
 
         def ready() -> bool:
             assert process.poll() is None, (
                 f"the serving process exited with {process.returncode}:\n"
-                f"{handle.log_tail()}"
+                f"{served.log_tail()}"
             )
-            return _deployment_served_since(started)
+            return _served_since(started)
 
         wait_for(f"deployment {DEPLOYMENT} served", ready, timeout_s=60)
-        yield handle
+        yield served
     finally:
-        _stop(process)
+        served.stop()
 
 
 def _flow_run(flow_run_id: Any) -> FlowRun:
@@ -131,12 +148,14 @@ def _flow_run(flow_run_id: Any) -> FlowRun:
         return client.read_flow_run(flow_run_id)
 
 
-def _suspended(flow_run_id: Any) -> FlowRun | None:
+def _suspended(flow_run_id: Any) -> bool:
+    state = _flow_run(flow_run_id).state
+    return state is not None and state.is_paused() and state.name == "Suspended"
+
+
+def _final(flow_run_id: Any) -> FlowRun | None:
     run = _flow_run(flow_run_id)
-    state = run.state
-    if state is not None and state.is_paused() and state.name == "Suspended":
-        return run
-    return None
+    return run if run.state is not None and run.state.is_final() else None
 
 
 def _paused_states(flow_run_id: Any) -> int:
@@ -145,10 +164,10 @@ def _paused_states(flow_run_id: Any) -> int:
     return sum(1 for s in states if s.is_paused())
 
 
-def test_a_suspended_run_gives_its_process_back_and_resumes_from_the_top(
-    stack, served, correlation_id, tmp_path
-):
-    journal = tmp_path / "journal.txt"
+def _suspend_a_run(
+    stack, served: Served, correlation_id: str, journal: Path
+) -> tuple[FlowRun, dict[str, Any]]:
+    """A run of the deployment, suspended at its question with no process."""
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(DEPLOYMENT)
         created = client.create_flow_run_from_deployment(
@@ -163,19 +182,25 @@ def test_a_suspended_run_gives_its_process_back_and_resumes_from_the_top(
 
     row = paused_handle(stack, correlation_id, timeout_s=PICKUP_TIMEOUT_S)
     assert row["flow_run_id"] == created.id
-    wait_for(f"flow run {created.id} suspended", lambda: _suspended(created.id))
-    # Suspended, not merely paused: the run holds no process while it waits.
-    assert not _flow_run(created.id).state.is_running()
+    wait_for(f"flow run {created.id} Suspended", lambda: _suspended(created.id))
+    wait_for(
+        "the served process to let the suspended run's process exit",
+        lambda: not served.flow_run_processes(),
+    )
+    assert _suspended(created.id), "with no process the run must stay Suspended"
+    return created, row
 
-    resume_directly(row, ANSWER)
 
-    def finished() -> FlowRun | None:
-        run = _flow_run(created.id)
-        return run if run.state is not None and run.state.is_final() else None
-
+def _completed(served: Served, flow_run_id: Any) -> Any:
+    """The finished run's result; fails unless it COMPLETED in time."""
     try:
-        run: FlowRun = wait_for(  # type: ignore[assignment]
-            f"flow run {created.id} final", finished, timeout_s=PICKUP_TIMEOUT_S
+        run = cast(
+            FlowRun,
+            wait_for(
+                f"flow run {flow_run_id} final",
+                lambda: _final(flow_run_id),
+                timeout_s=PICKUP_TIMEOUT_S,
+            ),
         )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nserve log:\n{served.log_tail()}") from None
@@ -185,14 +210,19 @@ def test_a_suspended_run_gives_its_process_back_and_resumes_from_the_top(
         f"serve log:\n{served.log_tail()}"
     )
     with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: served.storage}):
-        result = run.state.result()
-    assert result == {
-        "customer": "Ada",
-        "approved": True,
-        "answer": "yes",
-        "skipped": False,
-        "additional_data": {"by": "ops"},
-    }, "the flow must continue with the resumed answer"
+        return run.state.result()
+
+
+def test_a_suspended_run_gives_its_process_back_and_resumes_from_the_top(
+    stack, served, correlation_id, tmp_path
+):
+    journal = tmp_path / "journal.txt"
+    created, row = _suspend_a_run(stack, served, correlation_id, journal)
+
+    resume_directly(row, ANSWER)
+
+    result = _completed(served, created.id)
+    assert result == APPROVED, "the flow must continue with the resumed answer"
     assert journal.read_text().count("prepare_question") == 1, (
         "the task before the wait ran again: a suspended flow would redo its "
         "work on every resume"
@@ -203,3 +233,44 @@ def test_a_suspended_run_gives_its_process_back_and_resumes_from_the_top(
     assert _paused_states(created.id) == 1, "the re-run must not suspend again"
     resumed = handle_row(stack.admin_dsn, correlation_id)
     assert resumed is not None and resumed["status"] == "RESUMED"
+
+    # The runner cancels every run it still tracks when it shuts down, even
+    # one that has just completed: stop it only once the run's process is
+    # gone, and check the shutdown left the run alone.
+    wait_for(
+        "the completed run's process to exit",
+        lambda: not served.flow_run_processes(),
+    )
+    served.stop()
+    final = _flow_run(created.id).state
+    assert final is not None and final.type == StateType.COMPLETED, (
+        f"stopping the served process turned the finished run {final}"
+    )
+
+
+def test_a_rerun_before_the_resumed_mark_takes_the_answer_from_prefect(
+    stack, served, correlation_id, tmp_path
+):
+    # The crash window: Prefect accepted the resume, then the resumer died
+    # before marking the handle. The re-run finds its handle still PAUSED.
+    journal = tmp_path / "journal.txt"
+    created, row = _suspend_a_run(stack, served, correlation_id, journal)
+
+    with get_client(sync_client=True) as client:
+        accepted = client.resume_flow_run(row["flow_run_id"], run_input=ANSWER)
+    assert accepted.status == SetStateStatus.ACCEPT, accepted.details
+
+    assert _completed(served, created.id) == APPROVED, (
+        "a re-run that suspended again would wait for an answer already given"
+    )
+    assert _paused_states(created.id) == 1
+    resumed = handle_row(stack.admin_dsn, correlation_id)
+    assert resumed is not None and resumed["status"] == "RESUMED", (
+        "the re-run must record the answer it adopted"
+    )
+    assert resumed["resume_payload"] == ANSWER
+    assert journal.read_text().count("prepare_question") == 1
+    wait_for(
+        "the completed run's process to exit",
+        lambda: not served.flow_run_processes(),
+    )
