@@ -77,6 +77,8 @@ class Layout:
     kafka_controller_port: int
     connect_port: int
     prefect_port: int
+    resumer_port: int
+    with_resumer: bool
     partitions: int
     venv: Path
 
@@ -94,6 +96,8 @@ class Layout:
             kafka_controller_port=_port("PAUSEWIRE_KAFKA_CONTROLLER_PORT", 19093),
             connect_port=_port("PAUSEWIRE_CONNECT_PORT", 18083),
             prefect_port=_port("PAUSEWIRE_PREFECT_PORT", 14200),
+            resumer_port=_port("PAUSEWIRE_RESUMER_PORT", 19400),
+            with_resumer=os.environ.get("PAUSEWIRE_NATIVE_RESUMER", "1") != "0",
             partitions=int(partitions),
             venv=Path(os.environ.get("PAUSEWIRE_VENV", REPO / ".venv")).resolve(),
         )
@@ -926,6 +930,8 @@ class Stack:
             return f"redis-server 127.0.0.1:{self.layout.redis_port}"
         if component == "prefect":
             return str(self.layout.venv)
+        if component == "resumer":
+            return f"{self.layout.python} -m resumer"
         return str(self.layout.root)
 
     def up(self) -> None:
@@ -944,6 +950,12 @@ class Stack:
         self.wait_prefect(prefect)
         self.wait_connect(connect)
         self.write_env_file()
+        if self.layout.with_resumer:
+            self.start_resumer()
+        else:
+            # Tests run resumers of their own; one of the stack's would race
+            # them for every callback.
+            self.down(purge=False, only=["resumer"])
         progress(
             "stack",
             f"up in {time.monotonic() - begin:.1f} s; settings in {self.env_file()}",
@@ -958,6 +970,30 @@ class Stack:
             [str(self.layout.python), "-m", "outbox.topics"],
             self.layout.log("topics"),
             env=env,
+        )
+
+    def start_resumer(self) -> None:
+        layout = self.layout
+        if self.running_pid("resumer") is not None:
+            progress(
+                "resumer", f"already running; metrics on port {layout.resumer_port}"
+            )
+            return
+        ensure_port_free("resumer", layout.resumer_port, "PAUSEWIRE_RESUMER_PORT")
+        env = {**self.env_values(), "PAUSEWIRE_METRICS_PORT": str(layout.resumer_port)}
+        proc = spawn(layout, "resumer", [str(layout.python), "-m", "resumer"], env=env)
+        self.started.append("resumer")
+        took = wait_until(
+            "resumer",
+            lambda: http_ok(f"http://127.0.0.1:{layout.resumer_port}/healthz"),
+            timeout_s=120,
+            log=layout.log("resumer"),
+            alive=proc.poll,
+        )
+        progress(
+            "resumer",
+            f"ready in {took:.1f} s; metrics at "
+            f"http://127.0.0.1:{layout.resumer_port}/metrics",
         )
 
     def env_file(self) -> Path:
@@ -985,7 +1021,7 @@ class Stack:
         path.write_text("".join(f"{k}={v}\n" for k, v in self.env_values().items()))
 
     def down(self, purge: bool, only: list[str] | None = None) -> None:
-        for component in ("prefect", "connect", "kafka", "redis"):
+        for component in ("resumer", "prefect", "connect", "kafka", "redis"):
             if only is not None and component not in only:
                 continue
             pid = self.running_pid(component)
@@ -1022,6 +1058,11 @@ class Stack:
                 self.running_pid("connect"),
                 layout.connect_port,
                 self.connector_running,
+            ),
+            "resumer": (
+                self.running_pid("resumer"),
+                layout.resumer_port,
+                lambda: http_ok(f"http://127.0.0.1:{layout.resumer_port}/healthz"),
             ),
             "prefect": (
                 self.running_pid("prefect"),

@@ -264,7 +264,7 @@ class Worker:
                 parsed.reason,
                 source,
                 detail=parsed.detail,
-                correlation_id=None,
+                correlation_id=parsed.correlation_id,
                 headers=message.headers(),
             )
             return []

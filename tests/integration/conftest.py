@@ -63,8 +63,11 @@ def _docker_available() -> bool:
 
 
 def _native_stack() -> dict[str, str]:
+    # The tests run resumers of their own: the stack must not run one.
     subprocess.run(
-        [sys.executable, str(REPO / "compose" / "native.py"), "up"], check=True
+        [sys.executable, str(REPO / "compose" / "native.py"), "up"],
+        check=True,
+        env={**os.environ, "PAUSEWIRE_NATIVE_RESUMER": "0"},
     )
     stack_dir = Path(os.environ.get("PAUSEWIRE_STACK_DIR", REPO / ".stack"))
     lines = (stack_dir / "stack.env").read_text().splitlines()

@@ -41,7 +41,15 @@ def _free_port() -> int:
 @pytest.fixture
 def stack(tmp_path, monkeypatch) -> Iterator[object]:
     # Ports of their own: a real stack may be running on the defaults.
-    for name in ("PG", "REDIS", "KAFKA", "KAFKA_CONTROLLER", "CONNECT", "PREFECT"):
+    for name in (
+        "PG",
+        "REDIS",
+        "KAFKA",
+        "KAFKA_CONTROLLER",
+        "CONNECT",
+        "PREFECT",
+        "RESUMER",
+    ):
         monkeypatch.setenv(f"PAUSEWIRE_{name}_PORT", str(_free_port()))
     monkeypatch.setenv("PAUSEWIRE_STACK_DIR", str(tmp_path / "stack"))
     monkeypatch.setenv("PAUSEWIRE_VENV", str(tmp_path / "venv"))
@@ -202,7 +210,7 @@ def test_generated_passwords_are_private_and_stable(tmp_path):
 def test_status_of_a_stack_that_never_started_is_unhealthy(stack, capsys):
     assert stack.status() is False
     out = capsys.readouterr().out
-    assert out.count("stopped") == 5
+    assert out.count("stopped") == 6
 
 
 def test_down_of_a_stack_that_never_started_is_harmless(stack):
