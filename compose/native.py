@@ -1077,7 +1077,9 @@ class Stack:
                 with contextlib.suppress(OSError, StackError, ValueError):
                     ok = check()
             state = "healthy" if ok else ("unhealthy" if pid else "stopped")
-            healthy &= ok
+            # A stack started without its resumer is whole without it.
+            optional = name == "resumer" and not layout.with_resumer
+            healthy &= ok or (optional and pid is None)
             print(
                 f"{name:<9} {state:<9} pid={pid or '-':<8} port={port:<6} "
                 f"log={layout.log(name)}"
