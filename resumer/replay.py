@@ -88,7 +88,7 @@ def read_range(
     records: list[Message] = []
     deadline = time.monotonic() + REPLAY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        message = consumer.poll(0.5)
+        message = consumer.poll(0.05)
         if message is None or message.error():
             position = consumer.position([TopicPartition(topic, partition)])[0]
             if position.offset >= stop:
