@@ -19,12 +19,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, overload
 
 from opentelemetry import propagate, trace
+from opentelemetry.trace import StatusCode
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext, TaskRunContext
@@ -43,12 +45,14 @@ from tenacity import (
     wait_fixed,
 )
 
+from outbox import tracing
 from outbox.errors import (
     InvalidWaitRequestError,
     PauseFailedError,
     ResumeFailedError,
     WaitTimeoutError,
 )
+from outbox.logs import log_context
 from outbox.models import (
     MAX_CORRELATION_ID_LENGTH,
     Handle,
@@ -62,6 +66,10 @@ from outbox.watcher import get_watcher
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
+
+# The service name of a waiting flow's spans, unless OTEL_SERVICE_NAME says
+# otherwise.
+TRACING_SERVICE_NAME = "pausewire-flow"
 
 # Prefect keeps its own pause timeout a little longer than the handle's, so
 # that this helper, not Prefect's expiry sweep, decides what a timeout means.
@@ -144,30 +152,51 @@ def wait_for_user_input(
     wait_mode = _validate(correlation_id, wait_for_input, timeout_seconds, mode)
     if not get_settings().pause_enabled:
         return _skipped(correlation_id, wait_for_input, default)
-    with tracer.start_as_current_span("pausewire.wait") as span:
-        span.set_attribute("pausewire.correlation_id", correlation_id)
-        request = _request(
-            correlation_id,
-            model=wait_for_input,
-            timeout_seconds=timeout_seconds,
-            description=description,
-            mode=wait_mode,
-            context=context or {},
-        )
-        span.set_attribute("prefect.flow_run.id", str(request.flow_run_id))
-        store = get_store()
-        handle, created = store.open_wait(request)
-        wait = _wait_of(handle, wait_for_input)
-        if not created:
-            logger.info(
-                "Correlation id %s already has handle %s (%s) in flow run %s; "
-                "not pausing again",
+    tracing.configure_tracing(TRACING_SERVICE_NAME)
+    # One trace per wait, linked to the flow run's span. Prefect's Pause and
+    # Abort are BaseExceptions that end a wait on purpose: only an Exception
+    # marks the span as failed.
+    root, links = tracing.root_with_link()
+    with (
+        log_context(correlation_id=correlation_id),
+        tracer.start_as_current_span(
+            "pausewire.wait",
+            context=root,
+            links=links,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span,
+    ):
+        span.set_attribute(tracing.CORRELATION_ID, correlation_id)
+        try:
+            request = _request(
                 correlation_id,
-                handle.id,
-                handle.status,
-                handle.flow_run_id,
+                model=wait_for_input,
+                timeout_seconds=timeout_seconds,
+                description=description,
+                mode=wait_mode,
+                context=context or {},
             )
-        return _settle(store, wait, default)
+            span.set_attribute(tracing.FLOW_RUN_ID, str(request.flow_run_id))
+            store = get_store()
+            handle, created = store.open_wait(request)
+            span.set_attribute(tracing.HANDLE_ID, str(handle.id))
+            wait = _wait_of(handle, wait_for_input)
+            if not created:
+                logger.info(
+                    "Correlation id %s already has handle %s (%s) in flow run %s; "
+                    "not pausing again",
+                    correlation_id,
+                    handle.id,
+                    handle.status,
+                    handle.flow_run_id,
+                )
+            with log_context(flow_run_id=str(handle.flow_run_id)):
+                return _settle(store, wait, default)
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+            raise
 
 
 def _prefect_client() -> SyncPrefectClient:
@@ -442,12 +471,32 @@ def _seconds_left(handle: Handle) -> float:
 
 def _answer(wait: _Wait, handle: Handle) -> RunInput:
     payload = handle.resume_payload or {}
-    logger.info(
-        "Flow run %s continues with the answer to correlation id %s",
-        handle.flow_run_id,
-        handle.correlation_id,
-    )
-    return wait.model.model_validate(payload)
+    with _continuing(handle):
+        logger.info(
+            "Flow run %s continues with the answer to correlation id %s",
+            handle.flow_run_id,
+            handle.correlation_id,
+        )
+        return wait.model.model_validate(payload)
+
+
+@contextmanager
+def _continuing(handle: Handle) -> Iterator[None]:
+    """The `pausewire.continue` span, a child of the wait's stored context.
+
+    Taken from the handle, not from the current span: a suspended flow runs
+    this in a new process, under a `pausewire.wait` span of its own that is
+    not the one the resumer continued.
+    """
+    parent = tracing.wait_context(handle.resume_handle)
+    with tracer.start_as_current_span("pausewire.continue", context=parent) as span:
+        span.set_attribute(tracing.CORRELATION_ID, handle.correlation_id)
+        span.set_attribute(tracing.FLOW_RUN_ID, str(handle.flow_run_id))
+        span.set_attribute(tracing.HANDLE_ID, str(handle.id))
+        if handle.resumed_at is not None:
+            woke = (datetime.now(UTC) - handle.resumed_at).total_seconds()
+            span.set_attribute("pausewire.wake_delay_seconds", max(woke, 0.0))
+        yield
 
 
 def _adopt_prefect_input(store: HandleStore, wait: _Wait) -> RunInput | None:
@@ -467,13 +516,14 @@ def _adopt_prefect_input(store: HandleStore, wait: _Wait) -> RunInput | None:
             return None
     value: dict[str, Any] = json.loads(raw)
     store.mark_resumed(wait.handle.id, value)
-    logger.info(
-        "Flow run %s was resumed outside the resumer; took its input for "
-        "correlation id %s",
-        run_id,
-        wait.handle.correlation_id,
-    )
-    return wait.model.model_validate(value)
+    with _continuing(wait.handle):
+        logger.info(
+            "Flow run %s was resumed outside the resumer; took its input for "
+            "correlation id %s",
+            run_id,
+            wait.handle.correlation_id,
+        )
+        return wait.model.model_validate(value)
 
 
 def _expire(store: HandleStore, wait: _Wait, default: RunInput | None) -> RunInput:

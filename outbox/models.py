@@ -94,10 +94,19 @@ class WaitRequest(BaseModel):
     tracestate: str | None = None
 
     def resume_handle(self) -> dict[str, Any]:
-        """What the resumer needs to resume this wait, stored with the handle."""
-        return {
+        """What the resumer needs to resume this wait, stored with the handle.
+
+        The wait's trace context rides along: the resumer reads the handle
+        change topic, not the outbox topic, and continues the trace from it.
+        """
+        stored: dict[str, Any] = {
             "mode": self.mode.value,
             "pause_key": self.pause_key,
             "keyset": self.keyset,
             "schema": self.input_schema,
         }
+        if self.traceparent:
+            stored["traceparent"] = self.traceparent
+        if self.tracestate:
+            stored["tracestate"] = self.tracestate
+        return stored

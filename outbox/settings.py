@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     # a resume, before the handle is marked and the offset committed.
     crash_point: str = Field("", validation_alias=_env("PAUSEWIRE_CRASH_POINT"))
     metrics_port: int = Field(9400, validation_alias=_env("PAUSEWIRE_METRICS_PORT"))
+    # Kafka Connect's REST address. When set, the resumer reports whether the
+    # Debezium connector runs as `pausewire_connector_running`.
+    connect_url: str | None = Field(
+        None, validation_alias=_env("PAUSEWIRE_CONNECT_URL")
+    )
+    connector_name: str = Field(
+        "pausewire", validation_alias=_env("PAUSEWIRE_CONNECTOR_NAME")
+    )
 
     @property
     def consumer_group(self) -> str:

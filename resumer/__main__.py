@@ -15,9 +15,12 @@ import threading
 from types import FrameType
 
 from outbox.errors import PausewireError
+from outbox.logs import configure_logging
 from outbox.settings import get_settings
 from outbox.store import get_store
 from outbox.topics import ensure_topics
+from outbox.tracing import configure_tracing
+from resumer import metrics
 from resumer.cache import HandleCache
 from resumer.dlq import DeadLetterQueue
 from resumer.effects import Effects
@@ -29,11 +32,18 @@ from resumer.worker import Health, Worker
 
 logger = logging.getLogger(__name__)
 
+# The service name of the resumer's spans, unless OTEL_SERVICE_NAME says
+# otherwise.
+TRACING_SERVICE_NAME = "pausewire-resumer"
+
 
 def run_worker() -> int:
     settings = get_settings()
     ensure_topics(settings)
     store = get_store()
+    metrics.HANDLE_STATISTICS.watch(store.pool)
+    if settings.connect_url:
+        metrics.CONNECTOR_STATUS.watch(settings.connect_url, settings.connector_name)
     health = Health()
     server = serve(health, settings.metrics_port)
     worker = Worker(
@@ -66,9 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resumer")
     parser.add_argument("command", nargs="?", default="run", choices=["run", "replay"])
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging()
+    configure_tracing(TRACING_SERVICE_NAME)
     try:
         if args.command == "replay":
             return run_replay(get_settings())

@@ -7,14 +7,21 @@ import logging
 import os
 import signal
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from outbox.models import HandleStatus
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, StatusCode
+
+from outbox import tracing
+from outbox.models import Handle, HandleStatus
 from outbox.store import HandleStore
 from resumer import metrics
 from resumer.join import DeadLetter, DeadLetterReason, MarkFailed, Resume, Store
 from resumer.prefect_api import Outcome, PrefectResumer, ResumeResult
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 
 class Effects:
@@ -53,11 +60,31 @@ class Effects:
             action.error,
         )
 
-    def resume(self, resume: Resume, prefect: PrefectResumer) -> ResumeResult:
-        """Resumes in Prefect, then marks the handle; runs under the lock."""
+    def resume(
+        self,
+        resume: Resume,
+        prefect: PrefectResumer,
+        *,
+        producer: SpanContext | None = None,
+    ) -> ResumeResult:
+        """Resumes in Prefect, then marks the handle; runs under the lock.
+
+        Traced as `pausewire.resume` in the wait's trace, linked to the
+        callback producer's span when there is one.
+        """
         handle = self.store.get(uuid.UUID(resume.handle_id))
         if handle is None:
             return ResumeResult(Outcome.RETRY, "the handle row does not exist")
+        with _resume_span(resume, handle, producer) as span:
+            result = self._resume_paused(resume, handle, prefect)
+            span.set_attribute("pausewire.resume.outcome", result.outcome.value)
+            if result.outcome is Outcome.RETRY:
+                span.set_status(StatusCode.ERROR, result.detail)
+            return result
+
+    def _resume_paused(
+        self, resume: Resume, handle: Handle, prefect: PrefectResumer
+    ) -> ResumeResult:
         if handle.status is HandleStatus.RESUMED:
             return ResumeResult(Outcome.ALREADY_RESUMED, "handle already RESUMED")
         if handle.status is not HandleStatus.PAUSED:
@@ -76,3 +103,33 @@ class Effects:
             self.store.mark_resumed(handle.id, resume.payload)
             self.store.drop_early(resume.correlation_id)
         return result
+
+
+@contextmanager
+def _resume_span(
+    resume: Resume, handle: Handle, producer: SpanContext | None
+) -> Iterator[Span]:
+    """`pausewire.resume`, a child of the wait's span kept in the handle row.
+
+    Without a stored context (tracing was off when the wait began) the
+    resume starts a trace of its own.
+    """
+    parent = tracing.wait_context(handle.resume_handle)
+    with tracer.start_as_current_span(
+        "pausewire.resume",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        links=[Link(producer)] if producer is not None else None,
+    ) as span:
+        span.set_attribute(tracing.CORRELATION_ID, resume.correlation_id)
+        span.set_attribute(tracing.FLOW_RUN_ID, resume.flow_run_id)
+        span.set_attribute(tracing.HANDLE_ID, resume.handle_id)
+        span.set_attribute("pausewire.resume.attempt", resume.attempt)
+        if resume.source is not None:
+            source = resume.source
+            span.set_attributes(
+                tracing.messaging_attributes(
+                    source.topic, source.partition, source.offset
+                )
+            )
+        yield span

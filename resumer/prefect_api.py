@@ -17,11 +17,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import ObjectNotFound
 
+from outbox import tracing
+
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 # Prefect answers these while the pause is not fully recorded yet; asking
 # again shortly after succeeds.
@@ -58,6 +63,19 @@ class PrefectResumer:
         self, flow_run_id: str, payload: dict[str, Any], response_key: str | None
     ) -> ResumeResult:
         """Resume the run with `payload` as its run input."""
+        with tracer.start_as_current_span(
+            "prefect.resume_flow_run", kind=SpanKind.CLIENT
+        ) as span:
+            span.set_attribute(tracing.FLOW_RUN_ID, flow_run_id)
+            result = self._resume(flow_run_id, payload, response_key)
+            span.set_attribute("pausewire.resume.outcome", result.outcome.value)
+            if result.outcome is Outcome.RETRY:
+                span.set_status(StatusCode.ERROR, result.detail)
+            return result
+
+    def _resume(
+        self, flow_run_id: str, payload: dict[str, Any], response_key: str | None
+    ) -> ResumeResult:
         run_id = uuid.UUID(flow_run_id)
         try:
             answer = self._client().resume_flow_run(run_id, run_input=payload)

@@ -14,20 +14,27 @@ one that touches the joins.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanContext, SpanKind
 
+from outbox import tracing
 from outbox.errors import LockNotAcquiredError, PausewireError
+from outbox.logs import log_context
 from outbox.settings import Settings
 from resumer import metrics
 from resumer.cache import HandleCache
@@ -57,6 +64,11 @@ from resumer.replay import (
 )
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+# The callback span's attribute naming what the join decided first, as the
+# `decision` label of pausewire_callbacks_total does.
+DECISION_ATTRIBUTE = "pausewire.callback.decision"
 
 TICK_SECONDS = 1.0
 COMMIT_SECONDS = 0.2
@@ -119,6 +131,10 @@ class Worker:
         self.retries: list[tuple[float, int, int, Resume]] = []
         self.in_flight = 0
         self._received: dict[SourcePosition, datetime] = {}
+        # The span of each callback's producer, kept from the callback's
+        # arrival until its resume starts, to link the resume to it. Lost on
+        # a restart: a resume rebuilt from the topics has no link.
+        self._producers: dict[SourcePosition, SpanContext] = {}
         self._retry_seq = 0
         self._last = {"tick": 0.0, "commit": 0.0, "lag": 0.0}
 
@@ -214,6 +230,10 @@ class Worker:
         for tp in partitions:
             self.joins.pop(tp.partition, None)
             self.trackers.pop((tp.topic, tp.partition), None)
+            # A partition read by another member now: its last lag here
+            # would stay on /metrics, frozen, and could hold an alert.
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(tp.topic, str(tp.partition))
         self.health.assigned = bool(self.joins)
         logger.info(
             "Revoked partition(s) %s", sorted({p.partition for p in partitions})
@@ -232,13 +252,52 @@ class Worker:
             return
         tracker.begin(origin.offset)
         try:
-            if origin.topic == self.settings.handle_topic:
-                actions = self._on_change(join, message)
-            else:
-                actions = self._on_callback(join, message)
-            self._execute(actions, origin.partition, origin, message)
+            with self._record_scope(message, origin):
+                if origin.topic == self.settings.handle_topic:
+                    actions = self._on_change(join, message)
+                else:
+                    actions = self._on_callback(join, message)
+                self._execute(actions, origin.partition, origin, message)
         finally:
             tracker.end(origin.offset)
+
+    @contextmanager
+    def _record_scope(self, message: Message, origin: SourcePosition) -> Iterator[None]:
+        """Log ids around one record; a callback gets its consume span too.
+
+        Both topics are keyed by correlation id. A callback's span continues
+        its producer's trace when the record has a usable `traceparent`
+        header, and starts a trace of its own otherwise.
+        """
+        key = message.key()
+        correlation_id = key.decode("utf-8", "replace") if key else None
+        with log_context(correlation_id=correlation_id):
+            if origin.topic == self.settings.handle_topic:
+                yield
+                return
+            producer = tracing.producer_span(message.headers())
+            parent = (
+                Context()
+                if producer is None
+                else trace.set_span_in_context(trace.NonRecordingSpan(producer))
+            )
+            with tracer.start_as_current_span(
+                "pausewire.callback", context=parent, kind=SpanKind.CONSUMER
+            ) as span:
+                span.set_attributes(
+                    tracing.messaging_attributes(
+                        origin.topic, origin.partition, origin.offset
+                    )
+                )
+                if correlation_id:
+                    span.set_attribute(tracing.CORRELATION_ID, correlation_id)
+                if producer is None:
+                    logger.debug(
+                        "Callback %s has no usable traceparent header; its "
+                        "trace starts here",
+                        origin,
+                    )
+                yield
 
     def _on_change(self, join: Join, message: Message) -> list[Action]:
         record = parse_handle_change(message.value())
@@ -258,6 +317,12 @@ class Worker:
         source = position_of(message)
         if not isinstance(parsed, ParsedCallback):
             metrics.CALLBACKS.labels("rejected").inc()
+            trace.get_current_span().set_attributes(
+                {
+                    DECISION_ATTRIBUTE: "rejected",
+                    "pausewire.dlq.reason": parsed.reason.value,
+                }
+            )
             self.dlq.send(
                 message.value(),
                 message.key(),
@@ -276,7 +341,12 @@ class Worker:
         else:
             actions = join.on_callback(callback, datetime.now(UTC))
         if actions:
-            metrics.CALLBACKS.labels(type(actions[-1]).__name__).inc()
+            decision = type(actions[-1]).__name__
+            metrics.CALLBACKS.labels(decision).inc()
+            trace.get_current_span().set_attribute(DECISION_ATTRIBUTE, decision)
+        producer = tracing.producer_span(message.headers(), parsed.traceparent)
+        if producer is not None and any(isinstance(a, Resume | Store) for a in actions):
+            self._producers[source] = producer
         return actions
 
     # ---- actions
@@ -327,6 +397,8 @@ class Worker:
             body = {"correlation_id": action.correlation_id, "result": action.payload}
             value, key = json.dumps(body).encode(), action.correlation_id.encode()
             headers = None
+        if action.source is not None:
+            self._producers.pop(action.source, None)
         self.dlq.send(
             value,
             key,
@@ -346,14 +418,21 @@ class Worker:
             if tracker is not None:
                 tracker.hold(origin.offset)
         self.in_flight += 1
-        future = self.pool.submit(self._resume, resume)
+        producer = self._producers.get(resume.source) if resume.source else None
+        future = self.pool.submit(self._resume, resume, producer)
         future.add_done_callback(_report(self.finished, resume, partition, origin))
 
-    def _resume(self, resume: Resume) -> ResumeResult:
+    def _resume(self, resume: Resume, producer: SpanContext | None) -> ResumeResult:
         """In a pool thread: lock, resume in Prefect, mark RESUMED."""
         try:
-            with self.locks.resume_lock(resume.correlation_id):
-                return self.effects.resume(resume, self.prefect)
+            with (
+                log_context(
+                    correlation_id=resume.correlation_id,
+                    flow_run_id=resume.flow_run_id,
+                ),
+                self.locks.resume_lock(resume.correlation_id),
+            ):
+                return self.effects.resume(resume, self.prefect, producer=producer)
         except LockNotAcquiredError as exc:
             return ResumeResult(Outcome.RETRY, str(exc))
         except PausewireError as exc:
@@ -374,6 +453,13 @@ class Worker:
             self._settle(done)
 
     def _settle(self, done: _Finished) -> None:
+        resume = done.resume
+        with log_context(
+            correlation_id=resume.correlation_id, flow_run_id=resume.flow_run_id
+        ):
+            self._settle_in_context(done)
+
+    def _settle_in_context(self, done: _Finished) -> None:
         resume = done.resume
         join = self.joins.get(done.partition)
         if done.result.outcome is Outcome.RETRY:
@@ -404,6 +490,8 @@ class Worker:
 
     def _count_resumed(self, resume: Resume, result: ResumeResult) -> None:
         received = self._received.pop(resume.source, None) if resume.source else None
+        if resume.source is not None:
+            self._producers.pop(resume.source, None)
         if result.outcome is Outcome.RESUMED:
             metrics.HANDLES_RESUMED.inc()
             if received is not None:

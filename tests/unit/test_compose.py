@@ -17,6 +17,8 @@ import importlib.resources
 import json
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -61,10 +63,20 @@ COUNTERS = {
     "prefect_handles_resumed_total",
     "prefect_resume_failures_total",
     "pausewire_dlq_messages_total",
+    "pausewire_callbacks_total",
+    "pausewire_handles_failed_total",
 }
-HISTOGRAMS = {"prefect_resume_latency_seconds"}
+HISTOGRAMS = {"prefect_resume_latency_seconds", "pausewire_cdc_delay_seconds"}
+# Gauges; the handle and connector ones are read when Prometheus scrapes.
+GAUGES = {
+    "pausewire_consumer_lag",
+    "pausewire_handles",
+    "pausewire_handles_past_expiry",
+    "pausewire_connector_running",
+}
 KNOWN_METRICS = (
     COUNTERS
+    | GAUGES
     | {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
     | {"up"}
 )
@@ -547,8 +559,28 @@ def test_alert_rules_are_well_formed_and_cover_the_metrics() -> None:
         "prefect_resume_failures_total",
         "pausewire_dlq_messages_total",
         "prefect_handles_created_total",
+        "pausewire_consumer_lag",
+        "pausewire_handles_past_expiry",
+        "pausewire_connector_running",
     }
     assert required <= used, required - used
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool is not installed here"
+)
+def test_alert_rules_pass_promtool() -> None:
+    # The YAML checks above run everywhere; Prometheus's own parser also
+    # checks the PromQL and the templates, where it is installed.
+    files = [str(path) for path in sorted(RULES_DIR.glob("*.yml"))]
+    result = subprocess.run(
+        ["promtool", "check", "rules", *files],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_metric_names_are_read_from_promql() -> None:
@@ -591,6 +623,9 @@ def test_dashboard_shows_the_resumer_metrics() -> None:
         "histogram_quantile(0.99, sum by (le)"
         " (rate(prefect_resume_latency_seconds_bucket[5m])))",
         "rate(prefect_resume_failures_total[5m])",
+        "max by (status) (pausewire_handles)",
+        "sum by (topic) (pausewire_consumer_lag)",
+        "sum by (reason) (increase(pausewire_dlq_messages_total[5m]))",
     ):
         assert squash(wanted) in shown, wanted
 
