@@ -23,6 +23,8 @@ from psycopg.rows import dict_row
 
 from flows.callbacks import publish_callback
 from outbox.settings import get_settings
+from outbox.traces import Span, read_spans, render, traces_of
+from outbox.tracing import trace_file_path
 
 DEADLINE_SECONDS = 60.0
 
@@ -96,7 +98,28 @@ def main() -> int:
         f"5. The flow ended as {_run_state(handle['flow_run_id'])} and returned "
         f"{output.decode().strip().splitlines()[-1]}"
     )
+    _show_trace(correlation_id)
     return flow.returncode
+
+
+def _show_trace(correlation_id: str) -> None:
+    # The resumer exports its spans in batches, a few seconds apart.
+    path = trace_file_path()
+    deadline = time.monotonic() + 15.0
+    traces: dict[str, list[Span]] = {}
+    while time.monotonic() < deadline:
+        traces = traces_of(read_spans(path), correlation_id) if path.exists() else {}
+        names = {span.name for spans in traces.values() for span in spans}
+        if {"pausewire.wait", "pausewire.resume", "pausewire.continue"} <= names:
+            break
+        time.sleep(0.5)
+    print(
+        f"6. The wait's trace, from {path.name} "
+        f"(python -m outbox.traces {correlation_id}):"
+    )
+    for trace_id, spans in traces.items():
+        for line in render(trace_id, spans):
+            print(f"   {line}")
 
 
 if __name__ == "__main__":
