@@ -187,14 +187,9 @@ class HandleStore:
         answer is the one the flow continues with.
         """
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE flow_resume_handles "
-                "SET resume_payload = COALESCE(resume_payload, %s) "
-                "WHERE id = %s AND status = 'PAUSED'",
-                (json.dumps(payload), handle_id),
-            )
             row = conn.execute(
-                "SELECT mark_handle_resumed(%s) AS moved", (handle_id,)
+                "SELECT mark_handle_resumed(%s, %s) AS moved",
+                (handle_id, json.dumps(payload)),
             ).fetchone()
         return bool(row and row["moved"])
 

@@ -13,6 +13,7 @@ import enum
 import json
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,8 @@ class Outcome(enum.Enum):
 class ResumeResult:
     outcome: Outcome
     detail: str = ""
+    # When Prefect answered (epoch seconds), for the resume latency metric.
+    answered_at: float = 0.0
 
 
 class PrefectResumer:
@@ -82,7 +85,7 @@ class PrefectResumer:
         except Exception as exc:
             return ResumeResult(Outcome.RETRY, f"{type(exc).__name__}: {exc}")
         if answer.status == SetStateStatus.ACCEPT:
-            return ResumeResult(Outcome.RESUMED)
+            return ResumeResult(Outcome.RESUMED, answered_at=time.time())
         reason = str(getattr(answer.details, "reason", answer.details))
         if any(r in reason for r in _RETRYABLE_REASONS):
             return ResumeResult(Outcome.RETRY, reason)

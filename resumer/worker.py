@@ -494,8 +494,10 @@ class Worker:
             self._producers.pop(resume.source, None)
         if result.outcome is Outcome.RESUMED:
             metrics.HANDLES_RESUMED.inc()
-            if received is not None:
-                latency = (datetime.now(UTC) - received).total_seconds()
+            if received is not None and result.answered_at:
+                # From the record's timestamp to Prefect's answer, measured
+                # in the resume's thread, not when this loop got to it.
+                latency = result.answered_at - received.timestamp()
                 metrics.RESUME_LATENCY.observe(max(latency, 0.0))
         logger.info(
             "Resumed flow run %s for correlation id %s (%s)",

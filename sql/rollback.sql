@@ -31,6 +31,7 @@ DROP PUBLICATION IF EXISTS pausewire_cdc;
 DROP VIEW IF EXISTS flow_resume_handle_statistics;
 DROP FUNCTION IF EXISTS get_resumable_handle(text);
 DROP FUNCTION IF EXISTS mark_handle_resumed(uuid);
+DROP FUNCTION IF EXISTS mark_handle_resumed(uuid, jsonb);
 DROP FUNCTION IF EXISTS store_resume_payload(text, jsonb);
 DROP FUNCTION IF EXISTS cleanup_expired_handles();
 DROP FUNCTION IF EXISTS delete_old_resume_handles(interval);

@@ -30,9 +30,11 @@ when its server builds it, on this machine's clock, so it is compared with
    (b) one callback each, all produced at once. Rate = runs / (first
    resume request or produce -> last Prefect acceptance), over all
    batches. Every run must show exactly one Paused -> Running transition.
-4. Where the time goes: Kafka produce -> visible to a consumer of our own,
-   the resumer's histograms and counters (deltas per phase), CPU seconds
-   of the resumer and of Prefect's server per phase.
+4. Where the time goes: Kafka produce -> readable by a consumer of our
+   own, the resumer's histograms and counters (deltas per phase; the
+   resumer also reads the handle changes of anything else using the
+   stack), and the cores kept busy by the resumer, Prefect's server,
+   Postgres, this process (flows, direct path) and the whole machine.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -52,6 +55,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import psycopg
@@ -384,7 +388,7 @@ class CpuMeter:
 
 @dataclass
 class Phase:
-    """The waits of one phase, the resumer's metrics and CPU before it."""
+    """The waits of one phase, and the resumer's metrics before it."""
 
     name: str
     run: str
@@ -400,6 +404,15 @@ def start_waits(runner: FlowRunner, phase: Phase, keys: list[str]) -> None:
     for key in keys:
         MARKS[key] = {}
         phase.flows[key] = runner.submit(answered_wait, key)
+
+
+def all_continued(keys: list[str], timeout_s: float) -> None:
+    """Until every flow got its answer (before it goes on to complete)."""
+    deadline = time.monotonic() + timeout_s
+    while not all("continued" in MARKS[key] for key in keys):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not all of {len(keys)} flows continued in time")
+        time.sleep(0.005)
 
 
 def finish(phase: Phase, keys: Iterable[str]) -> None:
@@ -418,12 +431,12 @@ def handles(dsn: str, keys: list[str]) -> dict[str, dict[str, Any]]:
     return {row["correlation_id"]: row for row in rows}
 
 
-def all_paused(dsn: str, keys: list[str], timeout_s: float) -> dict[str, Any]:
+def all_paused(dsn: str, keys: list[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         rows = handles(dsn, keys)
         if sum(row["status"] == "PAUSED" for row in rows.values()) == len(keys):
-            return rows
+            return
         if time.monotonic() > deadline:
             raise TimeoutError(f"not all of {len(keys)} handles PAUSED in time")
         time.sleep(0.1)
@@ -507,81 +520,96 @@ def batches(count: int, size: int) -> list[range]:
     return [range(i, min(i + size, count)) for i in range(0, count, size)]
 
 
-def measure_direct(
-    runner: FlowRunner,
-    phase: Phase,
-    dsn: str,
-    count: int,
-    size: int,
-    meter: CpuMeter,
-) -> tuple[float, list[float]]:
-    """Batches resumed by 8 threads through Prefect; seconds spent, call times.
+@dataclass
+class ResumePath:
+    """One resume path of the throughput phase, summed over its batches."""
 
-    The meter runs from the first resume request until every flow continued.
+    phase: Phase
+    meter: CpuMeter
+    # Runs, and seconds from the first request or produce to the last
+    # Prefect acceptance, of each batch.
+    batches: list[tuple[int, float]] = field(default_factory=list)
+    # The resumer's CPU over whole batches, pausing and change reading too.
+    resumer_cpu: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Runs resumed per second, over all batches."""
+        runs = sum(count for count, _ in self.batches)
+        return runs / sum(seconds for _, seconds in self.batches)
+
+
+class Throughput:
+    """Batches of paused runs, resumed by the two paths in turn.
+
+    Taking turns, both paths share whatever else the machine is doing.
     """
-    prefect = PrefectResumer()
-    store = get_store()
-    spent = 0.0
-    calls: list[float] = []
 
-    def resume(row: dict[str, Any]) -> None:
-        payload = answer_of(row["correlation_id"])
-        response_key = row["resume_handle"]["keyset"]["response"]
-        called = time.monotonic()
-        result = prefect.resume(str(row["flow_run_id"]), payload, response_key)
-        calls.append(time.monotonic() - called)
-        if result.outcome is not Outcome.RESUMED:
-            raise RuntimeError(f"direct resume refused: {result.detail}")
-        store.mark_resumed(row["id"], payload)
+    def __init__(
+        self,
+        runner: FlowRunner,
+        callbacks: Callbacks,
+        watch: TopicWatch,
+        dsn: str,
+        pids: tuple[int, int | None],
+        run: str,
+    ) -> None:
+        self.runner, self.callbacks, self.watch = runner, callbacks, watch
+        self.dsn, self.resumer_pid = dsn, pids[0]
+        self.direct = ResumePath(Phase("direct", run), CpuMeter(*pids))
+        self.pipeline = ResumePath(Phase("pipeline", run), CpuMeter(*pids))
+        self.calls: list[float] = []
+        self._prefect = PrefectResumer()
 
-    with ThreadPoolExecutor(DIRECT_THREADS, thread_name_prefix="direct") as pool:
+    def run(self, count: int, size: int, pool: ThreadPoolExecutor) -> None:
         # Through FlowRunner: a thread without this one's Prefect settings
         # would start a throwaway local server and resume nothing.
         resumers = FlowRunner(pool)
         for numbers in batches(count, size):
-            keys = [phase.key(i) for i in numbers]
-            start_waits(runner, phase, keys)
-            rows = all_paused(dsn, keys, STEP_TIMEOUT_SECONDS + len(keys))
-            meter.start()
-            started = time.time()
-            for done in [resumers.submit(resume, rows[key]) for key in keys]:
-                done.result(timeout=STEP_TIMEOUT_SECONDS * 2)
-            finish(phase, keys)
-            meter.stop()
-            accepted, _ = once_each(acceptances(keys))
-            spent += max(accepted.values()) - started
-    return spent, calls
+            self._batch(self.direct, numbers, lambda keys: self._direct(keys, resumers))
+            self._batch(self.pipeline, numbers, self.callbacks.send)
 
-
-def measure_pipeline(
-    runner: FlowRunner,
-    phase: Phase,
-    callbacks: Callbacks,
-    watch: TopicWatch,
-    dsn: str,
-    count: int,
-    size: int,
-    meter: CpuMeter,
-) -> float:
-    """Batches resumed by one burst of callbacks each; seconds spent.
-
-    The meter runs from the first produce until every flow continued.
-    """
-    spent = 0.0
-    for numbers in batches(count, size):
-        keys = [phase.key(i) for i in numbers]
-        start_waits(runner, phase, keys)
-        all_paused(dsn, keys, STEP_TIMEOUT_SECONDS + len(keys))
-        watch.wait(keys, "PAUSED", STEP_TIMEOUT_SECONDS)
+    def _batch(
+        self, path: ResumePath, numbers: range, resume: Callable[[list[str]], float]
+    ) -> None:
+        """Pauses a batch, resumes it with `resume`, waits for every flow."""
+        keys = [path.phase.key(i) for i in numbers]
+        resumer_before = cpu_seconds(self.resumer_pid)
+        start_waits(self.runner, path.phase, keys)
+        all_paused(self.dsn, keys, STEP_TIMEOUT_SECONDS + len(keys))
+        self.watch.wait(keys, "PAUSED", STEP_TIMEOUT_SECONDS)
         time.sleep(SETTLE_SECONDS)
-        meter.start()
-        started = callbacks.send(keys)
-        finish(phase, keys)
-        meter.stop()
-        phase.sent.update(dict.fromkeys(keys, started))
+
+        path.meter.start()
+        started = resume(keys)
+        all_continued(keys, STEP_TIMEOUT_SECONDS * 2)
+        path.meter.stop()
+
+        finish(path.phase, keys)
+        self.watch.wait(keys, "RESUMED", STEP_TIMEOUT_SECONDS)
+        time.sleep(SETTLE_SECONDS)
+        path.resumer_cpu += cpu_seconds(self.resumer_pid) - resumer_before
+        path.phase.sent.update(dict.fromkeys(keys, started))
         accepted, _ = once_each(acceptances(keys))
-        spent += max(accepted.values()) - started
-    return spent
+        path.batches.append((len(keys), max(accepted.values()) - started))
+
+    def _direct(self, keys: list[str], resumers: FlowRunner) -> float:
+        """The resumer's Prefect call and RESUMED mark, 8 at a time."""
+        rows = handles(self.dsn, keys)
+        started = time.time()
+        for done in [resumers.submit(self._resume, rows[key]) for key in keys]:
+            done.result(timeout=STEP_TIMEOUT_SECONDS * 2)
+        return started
+
+    def _resume(self, row: dict[str, Any]) -> None:
+        payload = answer_of(row["correlation_id"])
+        response_key = row["resume_handle"]["keyset"]["response"]
+        called = time.monotonic()
+        result = self._prefect.resume(str(row["flow_run_id"]), payload, response_key)
+        self.calls.append(time.monotonic() - called)
+        if result.outcome is not Outcome.RESUMED:
+            raise RuntimeError(f"direct resume refused: {result.detail}")
+        get_store().mark_resumed(row["id"], payload)
 
 
 # ---- reporting
@@ -678,43 +706,77 @@ def report_early(phase: Phase, watch: TopicWatch, after: dict[str, float]) -> No
     report_exactly_once(phase, accepted)
 
 
-def rate_line(label: str, count: int, seconds: float) -> str:
-    return f"{label:<44} {count} runs in {seconds:6.2f} s = {count / seconds:6.1f} /s"
+def rate_line(label: str, path: ResumePath) -> str:
+    count = sum(runs for runs, _ in path.batches)
+    batches = ", ".join(f"{runs / spent:.1f}" for runs, spent in path.batches)
+    return f"{label:<44} {count} runs, {path.rate:5.1f} /s (per batch: {batches} /s)"
 
 
-def report_throughput(
-    direct: Phase,
-    pipeline: Phase,
-    seconds: tuple[float, float],
-    calls: list[float],
-    size: int,
-) -> None:
-    count = len(direct.flows)
-    print(f"3. throughput, {count} runs per path, paused {size} at a time")
-    label = f"  (a) Prefect API directly, {DIRECT_THREADS} threads"
-    print(rate_line(label, count, seconds[0]))
-    report("  (a) one resume call, under that load", calls)
-    report_exactly_once(direct, acceptances(direct.flows))
+def report_throughput(tp: Throughput, size: int, after: dict[str, float]) -> None:
+    direct, pipeline = tp.direct, tp.pipeline
+    count = len(direct.phase.flows)
     print(
-        rate_line("  (b) Kafka -> resumer -> Prefect", len(pipeline.flows), seconds[1])
+        f"3. throughput, {count} runs per path, paused {size} at a time, "
+        "batches of (a) and (b) in turn"
     )
-    report_exactly_once(pipeline, acceptances(pipeline.flows))
+    print(rate_line(f"  (a) Prefect API directly, {DIRECT_THREADS} threads", direct))
+    report("  (a) one resume call, under that load", tp.calls)
+    report_exactly_once(direct.phase, acceptances(direct.phase.flows))
+    print(direct.meter.line("  (a) first request -> all flows continued"))
+    print(rate_line("  (b) Kafka -> resumer -> Prefect", pipeline))
+    report_exactly_once(pipeline.phase, acceptances(pipeline.phase.flows))
+    print(pipeline.meter.line("  (b) first produce -> all flows continued"))
+    report_resumer(pipeline.phase, after)
+    ratio = pipeline.rate / direct.rate
+    per_wait = [path.resumer_cpu / count * 1000 for path in (pipeline, direct)]
+    print(
+        f"{'  (b) / (a)':<44} {ratio:.0%};  resumer CPU per wait: "
+        f"{per_wait[0]:.1f} ms in (b), {per_wait[1]:.1f} ms in (a) (reading "
+        "changes only)"
+    )
 
 
 # ---- the run
 
 
+def log_summary(log: Path) -> str:
+    """Warnings, errors and resumes found done already, in the resumer's log.
+
+    The resumer logs one JSON object a line to a file, or text lines.
+    """
+    levels: dict[str, int] = {}
+    already = 0
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            level, message = str(record["level"]), str(record["message"])
+        except (ValueError, KeyError, TypeError):
+            level, message = (line.split()[2:3] or [""])[0], line
+        levels[level] = levels.get(level, 0) + 1
+        already += "(already_resumed)" in message
+    return (
+        f"{'resumer log':<44} {levels.get('WARNING', 0)} warning(s), "
+        f"{levels.get('ERROR', 0)} error(s), {already} resume(s) found done already"
+    )
+
+
 def rescue(dsn: str, phases: list[Phase]) -> None:
-    """Resumes every wait still running, so that no flow is left behind."""
-    left = [k for p in phases for k, done in p.flows.items() if not done.done()]
-    if not left:
-        return
-    print(f"resuming {len(left)} wait(s) left behind")
+    """Resumes every wait still running, so that no flow is left behind.
+
+    A few rounds, for flows that were still pausing; any left after that
+    end with their timeout.
+    """
     prefect, store = PrefectResumer(), get_store()
-    for key, row in handles(dsn, left).items():
-        if row["status"] == "PAUSED":
-            prefect.resume(str(row["flow_run_id"]), answer_of(key), None)
-            store.mark_resumed(row["id"], answer_of(key))
+    for _ in range(3):
+        left = [k for p in phases for k, done in p.flows.items() if not done.done()]
+        if not left:
+            return
+        print(f"resuming {len(left)} wait(s) left behind")
+        for key, row in handles(dsn, left).items():
+            if row["status"] == "PAUSED":
+                prefect.resume(str(row["flow_run_id"]), answer_of(key), None)
+                store.mark_resumed(row["id"], answer_of(key))
+        time.sleep(2)
 
 
 def run_phases(
@@ -755,35 +817,16 @@ def run_phases(
     report_early(early, watch, scrape(resumer.port))
     print(meter.line("  over the phase"))
 
-    count, size = args.throughput, args.flow_threads
-    direct = Phase("direct", run)
-    phases.append(direct)
-    # The resumer's CPU over each whole path, pausing included: in (a) it
-    # only reads the handle changes, in (b) it also does the resumes.
-    resumer_cpu = [cpu_seconds(pids[0])]
-    direct_cpu = CpuMeter(*pids)
-    direct_s, calls = measure_direct(runner, direct, dsn, count, size, direct_cpu)
-    resumer_cpu.append(cpu_seconds(pids[0]))
-    pipeline = Phase("pipeline", run, metrics=scrape(resumer.port))
-    phases.append(pipeline)
-    pipeline_cpu = CpuMeter(*pids)
-    pipeline_s = measure_pipeline(
-        runner, pipeline, callbacks, watch, dsn, count, size, pipeline_cpu
-    )
-    watch.wait(pipeline.flows, "RESUMED", STEP_TIMEOUT_SECONDS)
-    time.sleep(SETTLE_SECONDS)
-    resumer_cpu.append(cpu_seconds(pids[0]))
+    tp = Throughput(runner, callbacks, watch, dsn, pids, run)
+    phases.extend([tp.direct.phase, tp.pipeline.phase])
+    tp.pipeline.phase.metrics = scrape(resumer.port)
+    with ThreadPoolExecutor(DIRECT_THREADS, thread_name_prefix="direct") as pool:
+        tp.run(args.throughput, args.flow_threads, pool)
+    report_throughput(tp, args.flow_threads, scrape(resumer.port))
 
-    report_throughput(direct, pipeline, (direct_s, pipeline_s), calls, size)
-    print(direct_cpu.line("  (a) first request -> all flows continued"))
-    print(pipeline_cpu.line("  (b) first produce -> all flows continued"))
-    report_resumer(pipeline, scrape(resumer.port))
-    per_wait = [(b - a) / count * 1000 for a, b in itertools.pairwise(resumer_cpu)]
-    print(
-        f"{'  (b) / (a)':<44} {direct_s / pipeline_s:.0%};  resumer CPU per wait: "
-        f"{per_wait[1]:.1f} ms in (b), {per_wait[0]:.1f} ms in (a) (reading "
-        "changes only)"
-    )
+
+def _stop(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(f"stopped by {signal.Signals(signum).name}")
 
 
 def main() -> None:
@@ -799,6 +842,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     print("command: python -m tests.benchmarks.bench_resume", *sys.argv[1:])
+    # Stopped early, the run still resumes its waits and stops its resumer.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop)
 
     env = stack_env()
     os.environ.update({**env, **BENCH_TOPICS, "PREFECT_PAUSE_ENABLED": "true"})
@@ -836,11 +882,7 @@ def main() -> None:
             rescue(env["PAUSEWIRE_DATABASE_URL"], phases)
             resumer.stop()
             watch.close()
-            log = Path(folder, "resumer.log").read_text(errors="replace")
-            print(
-                f"{'resumer log':<44} {log.count(' WARNING ')} warning(s), "
-                f"{log.count(' ERROR ')} error(s)"
-            )
+            print(log_summary(Path(folder, "resumer.log")))
     print(f"{'wall time':<44} {time.monotonic() - started:.1f} s")
 
 

@@ -301,3 +301,22 @@ def test_the_input_schema_is_saved_before_the_pause(
     assert "user_response" in schema["properties"]
     resume_directly(row, ANSWER)
     future.result(timeout=30)
+
+
+def test_a_wait_puts_exactly_three_changes_on_the_change_log(
+    stack, pausing, runner, topic_reader, correlation_id
+):
+    reader = topic_reader(["pausewire.public.flow_resume_handles"])
+    future = runner.submit(asking, correlation_id)
+    row = _paused(stack, correlation_id)
+    resume_directly(row, ANSWER)
+    future.result(timeout=30)
+
+    changes = reader.collect(
+        lambda m: m.key() == correlation_id.encode(), count=4, timeout_s=5
+    )
+    statuses = [json.loads(m.value())["status"] for m in changes]
+    assert statuses == ["PENDING_PAUSE", "PAUSED", "RESUMED"], (
+        "an extra change (a PAUSED handle with a payload) would make a resumer "
+        "start a resume that is already done"
+    )
