@@ -11,14 +11,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, StatusCode
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind
 
 from outbox import tracing
 from outbox.models import Handle, HandleStatus
 from outbox.store import HandleStore
 from resumer import metrics
 from resumer.join import DeadLetter, DeadLetterReason, MarkFailed, Resume, Store
-from resumer.prefect_api import Outcome, PrefectResumer, ResumeResult
+from resumer.prefect_api import (
+    Outcome,
+    PrefectResumer,
+    ResumeResult,
+    record_outcome,
+)
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -77,9 +82,7 @@ class Effects:
             return ResumeResult(Outcome.RETRY, "the handle row does not exist")
         with _resume_span(resume, handle, producer) as span:
             result = self._resume_paused(resume, handle, prefect)
-            span.set_attribute("pausewire.resume.outcome", result.outcome.value)
-            if result.outcome is Outcome.RETRY:
-                span.set_status(StatusCode.ERROR, result.detail)
+            record_outcome(span, result)
             return result
 
     def _resume_paused(

@@ -20,7 +20,12 @@ from resumer.worker import Health
 logger = logging.getLogger(__name__)
 
 
-def serve(health: Health, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104
+# Every interface: Prometheus and the orchestrator's probes come from outside
+# the container.
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104
+
+
+def serve(health: Health, port: int, host: str = ALL_INTERFACES) -> ThreadingHTTPServer:
     """Starts the endpoint server in a daemon thread."""
 
     class Handler(BaseHTTPRequestHandler):

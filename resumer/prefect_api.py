@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import ObjectNotFound
@@ -48,6 +48,13 @@ class ResumeResult:
     answered_at: float = 0.0
 
 
+def record_outcome(span: Span, result: ResumeResult) -> None:
+    """Puts a resume's outcome on its span; a retry marks the span failed."""
+    span.set_attribute("pausewire.resume.outcome", result.outcome.value)
+    if result.outcome is Outcome.RETRY:
+        span.set_status(StatusCode.ERROR, result.detail)
+
+
 class PrefectResumer:
     """One Prefect client per thread: resumes run in a thread pool."""
 
@@ -71,9 +78,7 @@ class PrefectResumer:
         ) as span:
             span.set_attribute(tracing.FLOW_RUN_ID, flow_run_id)
             result = self._resume(flow_run_id, payload, response_key)
-            span.set_attribute("pausewire.resume.outcome", result.outcome.value)
-            if result.outcome is Outcome.RETRY:
-                span.set_status(StatusCode.ERROR, result.detail)
+            record_outcome(span, result)
             return result
 
     def _resume(
