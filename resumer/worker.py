@@ -439,18 +439,22 @@ class Worker:
             return ResumeResult(Outcome.RETRY, str(exc))
 
     def _collect_finished(self, block_seconds: float = 0.0) -> None:
+        """Settles every finished resume; waits up to `block_seconds` for one."""
+        try:
+            done = (
+                self.finished.get(timeout=block_seconds)
+                if block_seconds
+                else (self.finished.get_nowait())
+            )
+        except queue.Empty:
+            return
         while True:
-            try:
-                done = (
-                    self.finished.get(timeout=block_seconds or None)
-                    if (block_seconds)
-                    else self.finished.get_nowait()
-                )
-            except queue.Empty:
-                return
-            block_seconds = 0.0
             self.in_flight -= 1
             self._settle(done)
+            try:
+                done = self.finished.get_nowait()
+            except queue.Empty:
+                return
 
     def _settle(self, done: _Finished) -> None:
         resume = done.resume
