@@ -799,23 +799,18 @@ def run_phases(
     idle.stop()
     print(idle.line("idle, before the phases"))
 
-    latency = Phase("latency", run, metrics=scrape(resumer.port))
-    phases.append(latency)
-    meter = CpuMeter(*pids)
-    meter.start()
-    measure_latency(runner, latency, callbacks, watch, args.waits)
-    meter.stop()
-    report_latency(latency, watch, scrape(resumer.port))
-    print(meter.line("  over the phase"))
-
-    early = Phase("early", run, metrics=scrape(resumer.port))
-    phases.append(early)
-    meter = CpuMeter(*pids)
-    meter.start()
-    measure_early(runner, early, callbacks, watch, args.early)
-    meter.stop()
-    report_early(early, watch, scrape(resumer.port))
-    print(meter.line("  over the phase"))
+    for name, measure, report, count in (
+        ("latency", measure_latency, report_latency, args.waits),
+        ("early", measure_early, report_early, args.early),
+    ):
+        phase = Phase(name, run, metrics=scrape(resumer.port))
+        phases.append(phase)
+        meter = CpuMeter(*pids)
+        meter.start()
+        measure(runner, phase, callbacks, watch, count)
+        meter.stop()
+        report(phase, watch, scrape(resumer.port))
+        print(meter.line("  over the phase"))
 
     tp = Throughput(runner, callbacks, watch, dsn, pids, run)
     phases.extend([tp.direct.phase, tp.pipeline.phase])
