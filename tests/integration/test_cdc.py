@@ -84,9 +84,12 @@ def test_both_topics_put_one_correlation_id_on_the_same_partition(
 def test_status_update_reaches_the_change_topic(
     stack, app_conn, topic_reader, correlation_id
 ):
+    # The reader starts before the insert: the insert's own change event may
+    # still be on its way through Debezium when the update commits, and the
+    # test must see both, in commit order, to say the update arrived.
+    reader = topic_reader([HANDLE_TOPIC])
     with app_conn.transaction():
         handle_id = app_conn.execute(INSERT_HANDLE, (correlation_id,)).fetchone()[0]
-    reader = topic_reader([HANDLE_TOPIC])
 
     with app_conn.transaction():
         app_conn.execute(
@@ -95,11 +98,12 @@ def test_status_update_reaches_the_change_topic(
             (handle_id,),
         )
 
-    [change] = reader.collect(keyed(correlation_id))
-    state = value_json(change)
-    assert state["id"] == str(handle_id)
-    assert state["status"] == "PAUSED"
-    assert state["__op"] == "u"
+    changes = [value_json(m) for m in reader.collect(keyed(correlation_id), count=2)]
+    assert [(c["__op"], c["status"]) for c in changes] == [
+        ("c", "PENDING_PAUSE"),
+        ("u", "PAUSED"),
+    ], f"expected the insert then the update on the change topic, got {changes}"
+    assert {c["id"] for c in changes} == {str(handle_id)}
 
 
 def test_rolled_back_transaction_sends_nothing(
