@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from concurrent.futures import Future
 
 from confluent_kafka import KafkaError, KafkaException
@@ -30,6 +31,9 @@ Headers = dict[str, HeaderValue] | list[tuple[str, HeaderValue]]
 # Producers of callbacks must partition like Kafka's Java client does, or a
 # callback lands on another partition than its handle's change events.
 PARTITIONER = "murmur2_random"
+
+# How often to look again for topics just created.
+METADATA_POLL_SECONDS = 0.1
 
 
 def topic_names(settings: Settings) -> list[str]:
@@ -54,7 +58,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
         )
         for topic, future in futures.items():
             _created(topic, future)
-        counts = partition_counts(admin, timeout_s)
+        counts = _await_metadata(admin, topic_names(settings), timeout_s)
     check_copartitioned(settings, counts)
     return {t: counts[t] for t in topic_names(settings)}
 
@@ -68,6 +72,25 @@ def _created(topic: str, future: Future[None]) -> None:
         # request; that is the outcome we wanted.
         if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise
+
+
+def _await_metadata(
+    admin: AdminClient, topics: list[str], timeout_s: float
+) -> dict[str, int]:
+    # A created topic reaches the broker's metadata cache a moment after the
+    # controller confirms it: a look straight after creation can miss it.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = partition_counts(admin, timeout_s)
+        absent = [t for t in topics if counts.get(t, 0) == 0]
+        if not absent:
+            return counts
+        if time.monotonic() >= deadline:
+            raise ConfigurationError(
+                f"Kafka created {', '.join(absent)} but its metadata still lacks "
+                f"them after {timeout_s:g} s; see the kafka log"
+            )
+        time.sleep(METADATA_POLL_SECONDS)
 
 
 def partition_counts(admin: AdminClient, timeout_s: float) -> dict[str, int]:

@@ -187,7 +187,13 @@ def test_counters_and_gauges_follow_a_scenario_of_waits(
     assert delta("pausewire_dlq_messages_total") - invalid <= others, (
         "a dead letter of another reason appeared that this scenario did not cause"
     )
-    assert delta("pausewire_callbacks_total", decision="Resume") >= 3
+    # A callback consumed before the resumer has read its handle's PAUSED
+    # change is stored first and resumed by that change: either way each
+    # answer is counted once, under the join's first decision.
+    first = delta("pausewire_callbacks_total", decision="Resume") + delta(
+        "pausewire_callbacks_total", decision="Store"
+    )
+    assert 3 <= first <= 3 + others, f"{first} answers decided, expected 3"
     assert delta("prefect_resume_latency_seconds_count") >= 3
 
     wait_for(
