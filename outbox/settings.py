@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     resume_concurrency: int = Field(
         8, ge=1, validation_alias=_env("PAUSEWIRE_RESUME_CONCURRENCY")
     )
+    # The longest wait between two attempts of one resume; waits double from
+    # 1 s up to it.
+    resume_retry_cap_seconds: float = Field(
+        60.0, gt=0, validation_alias=_env("PAUSEWIRE_RESUME_RETRY_CAP_SECONDS")
+    )
     # Fault injection for recovery tests and drills: "after_prefect_resume"
     # makes the resumer kill itself with SIGKILL right after Prefect accepted
     # a resume, before the handle is marked and the offset committed.

@@ -195,8 +195,14 @@ class HandleStore:
 
     # ---- the resumer's writes
 
-    def hold_payload(self, handle_id: uuid.UUID, payload: dict[str, Any]) -> bool:
-        """Keeps a payload on a still-active handle; the first one stays."""
+    def hold_payload(
+        self, handle_id: uuid.UUID, correlation_id: str, payload: dict[str, Any]
+    ) -> bool:
+        """Keeps a payload on a still-active handle; the first one stays.
+
+        A copy parked in early_callbacks before the handle existed goes in
+        the same transaction: from here on the row is its durable home.
+        """
         with self._tx() as conn:
             moved = conn.execute(
                 "UPDATE flow_resume_handles "
@@ -204,6 +210,8 @@ class HandleStore:
                 "WHERE id = %s AND status IN ('PENDING_PAUSE', 'PAUSED')",
                 (json.dumps(payload), handle_id),
             ).rowcount
+            if moved:
+                _drop_early(conn, correlation_id, payload)
         return moved == 1
 
     def park_early(
@@ -217,13 +225,16 @@ class HandleStore:
                 (correlation_id, json.dumps(payload), json.dumps(source)),
             )
 
-    def drop_early(self, correlation_id: str) -> None:
-        """Forgets a parked callback once it was applied or dead-lettered."""
+    def drop_early(
+        self, correlation_id: str, payload: dict[str, Any] | None = None
+    ) -> None:
+        """Forgets a parked callback once it was applied or dead-lettered.
+
+        With `payload`, only if the parked one is that payload: another
+        callback's copy stays.
+        """
         with self._tx() as conn:
-            conn.execute(
-                "DELETE FROM early_callbacks WHERE correlation_id = %s",
-                (correlation_id,),
-            )
+            _drop_early(conn, correlation_id, payload)
 
     def mark_resume_failed(self, handle_id: uuid.UUID, error: str) -> bool:
         """PAUSED -> RESUME_FAILED with the last error, for a person to see."""
@@ -235,6 +246,22 @@ class HandleStore:
                 (error, handle_id),
             ).rowcount
         return moved == 1
+
+
+def _drop_early(
+    conn: Conn, correlation_id: str, payload: dict[str, Any] | None
+) -> None:
+    if payload is None:
+        conn.execute(
+            "DELETE FROM early_callbacks WHERE correlation_id = %s",
+            (correlation_id,),
+        )
+    else:
+        conn.execute(
+            "DELETE FROM early_callbacks WHERE correlation_id = %s "
+            "AND payload = %s::jsonb",
+            (correlation_id, json.dumps(payload)),
+        )
 
 
 def _belongs(existing: Handle, request: WaitRequest) -> bool:

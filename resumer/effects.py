@@ -17,7 +17,7 @@ from outbox import tracing
 from outbox.models import Handle, HandleStatus
 from outbox.store import HandleStore
 from resumer import metrics
-from resumer.join import DeadLetter, DeadLetterReason, MarkFailed, Resume, Store
+from resumer.join import DeadLetter, MarkFailed, Resume, Store
 from resumer.prefect_api import (
     Outcome,
     PrefectResumer,
@@ -39,7 +39,9 @@ class Effects:
     def store_payload(self, action: Store) -> None:
         """Keeps a payload until its handle is PAUSED."""
         if action.handle_id is not None:
-            self.store.hold_payload(uuid.UUID(action.handle_id), action.payload)
+            self.store.hold_payload(
+                uuid.UUID(action.handle_id), action.correlation_id, action.payload
+            )
         else:
             source = dataclasses.asdict(action.source)
             self.store.park_early(action.correlation_id, action.payload, source)
@@ -50,8 +52,8 @@ class Effects:
         )
 
     def forget_early(self, action: DeadLetter) -> None:
-        if action.reason is DeadLetterReason.UNKNOWN_CORRELATION_ID:
-            self.store.drop_early(action.correlation_id)
+        """Drops the parked copy of a dead-lettered payload, if it has one."""
+        self.store.drop_early(action.correlation_id, action.payload)
 
     def mark_failed(self, action: MarkFailed) -> None:
         self.store.mark_resume_failed(uuid.UUID(action.handle_id), action.error)

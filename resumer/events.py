@@ -44,6 +44,8 @@ def parse_handle_change(value: bytes | None) -> ChangeRecord | None:
         return None
     expires_at = datetime.fromisoformat(row["expires_at"])
     payload = _json_column(row.get("resume_payload"))
+    resume_handle = _json_column(row.get("resume_handle")) or {}
+    schema = resume_handle.get("schema")
     change = HandleChange(
         handle_id=row["id"],
         correlation_id=row["correlation_id"],
@@ -52,6 +54,7 @@ def parse_handle_change(value: bytes | None) -> ChangeRecord | None:
         resume_payload=payload,
         expires_at=expires_at,
         deleted=str(row.get("__deleted", "false")).lower() == "true",
+        input_schema=schema if isinstance(schema, dict) else None,
     )
     view = HandleView(
         handle_id=row["id"],
@@ -60,7 +63,7 @@ def parse_handle_change(value: bytes | None) -> ChangeRecord | None:
         status=row["status"],
         resume_payload=payload,
         expires_at=expires_at,
-        resume_handle=_json_column(row.get("resume_handle")) or {},
+        resume_handle=resume_handle,
     )
     return ChangeRecord(
         change=change,
@@ -91,8 +94,13 @@ def payload_problem(view: HandleView | None, result: dict[str, Any]) -> str | No
     if view is None or not view.is_active:
         return None
     schema = view.resume_handle.get("schema")
-    if not schema:
+    if not isinstance(schema, dict) or not schema:
         return None
+    return schema_problem(schema, result)
+
+
+def schema_problem(schema: dict[str, Any], result: dict[str, Any]) -> str | None:
+    """Why `result` fails `schema`, or None; the join's `payload_check`."""
     try:
         jsonschema.validate(result, schema)
     except jsonschema.ValidationError as exc:

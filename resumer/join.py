@@ -5,8 +5,10 @@ carries out the actions it returns (Postgres writes, Prefect calls, the
 dead-letter topic) and reports resume outcomes back:
 
     (nothing) ──callback: STORE (early)──► EARLY ──grace passes──► DEAD_LETTER
-        │                                    │
-        │ handle appears                     │ handle appears: payload attaches
+        │                                    │ (every early callback is kept)
+        │ handle appears                     │ handle appears: each early payload
+        │                                    │ is checked against its schema;
+        │                                    │ the first valid one attaches
         ▼                                    ▼
     PENDING_PAUSE ──callback: STORE──► PENDING_PAUSE + held payload
         │ PAUSED                             │ PAUSED: RESUME (held payload)
@@ -21,11 +23,19 @@ dead-letter topic) and reports resume outcomes back:
     resumed, and every later callback, go to DEAD_LETTER until a newer
     handle appears.
 
-The first payload for a wait wins; every later one is ignored as a
+The first valid payload for a wait wins; every later one is ignored as a
 duplicate. Each callback source position gets exactly one decision when
 first seen (STORE, RESUME, IGNORE_DUPLICATE or DEAD_LETTER); a stored one
-later gets one more (RESUME or DEAD_LETTER). Redelivered positions are
-answered IGNORE_DUPLICATE(REDELIVERED) and change nothing.
+later gets more (STORE on its handle, then RESUME, IGNORE_DUPLICATE or
+DEAD_LETTER). Redelivered positions are answered
+IGNORE_DUPLICATE(REDELIVERED) and change nothing.
+
+A callback that comes before any handle of its correlation id cannot be
+checked yet: the schema arrives with the handle. So every early callback is
+kept, in order, and when the handle appears each is checked with
+`JoinConfig.payload_check`: the invalid ones are dead-lettered, the first
+valid one is the wait's answer, the rest are duplicates. An invalid early
+answer therefore never blocks a valid one behind it.
 
 Why pure: the same inputs in the same order always give the same state, so
 the worker rebuilds it after a loss by replaying its inputs (`Join.replay`),
@@ -35,8 +45,9 @@ once the change log shows every outcome; what was still in flight comes
 back from `pending_resumes`. The worker logs the actions it carries
 out; nothing is logged here.
 
-Payload validation is the worker's: a callback that fails the waiting
-flow's input schema is passed to `on_callback_invalid`, so its position is
+A callback that arrives while a handle is known is validated by the
+worker, against the handle it looks up; one that fails the waiting flow's
+input schema is passed to `on_callback_invalid`, so its position is
 accounted for here like any other. Records without a correlation id never
 reach the machine; the worker dead-letters them itself.
 
@@ -48,7 +59,7 @@ with the handles seen until the worker rebuilds from compacted topics.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -58,6 +69,9 @@ from outbox.models import HandleStatus
 
 JsonObject = dict[str, Any]
 V = TypeVar("V")
+
+# Why a payload does not fit a wait's input schema, or None when it does.
+PayloadCheck = Callable[[JsonObject, JsonObject], str | None]
 
 
 class DuplicateReason(StrEnum):
@@ -130,6 +144,8 @@ class HandleChange:
     resume_payload: JsonObject | None
     expires_at: datetime
     deleted: bool = False
+    # The waiting flow's input schema, from the row's resume_handle.
+    input_schema: JsonObject | None = None
 
     @property
     def rank(self) -> int:
@@ -274,6 +290,9 @@ class JoinConfig:
     max_resume_attempts: int = 12
     retry_base_seconds: float = 1.0
     retry_cap_seconds: float = 60.0
+    # Checks early payloads once their handle's schema is known; pure, so
+    # that a replay decides as the live machine did. None accepts all.
+    payload_check: PayloadCheck | None = None
 
     def __post_init__(self) -> None:
         if self.grace_seconds < 0 or self.max_resume_attempts < 1:
@@ -284,13 +303,24 @@ class JoinConfig:
         wait = self.retry_base_seconds * 2.0 ** (failed_attempt - 1)
         return min(self.retry_cap_seconds, wait)
 
+    def problem(self, view: HandleChange, payload: JsonObject) -> str | None:
+        """Why `payload` cannot answer the wait of `view`, if it cannot."""
+        if self.payload_check is None or not view.input_schema:
+            return None
+        return self.payload_check(view.input_schema, payload)
+
 
 @dataclass(frozen=True)
 class HeldPayload:
-    """The first payload for a wait, not yet sent to Prefect."""
+    """The first payload for a wait, not yet sent to Prefect.
+
+    `handle_id` names the handle whose row keeps it; None while it is parked
+    in `early_callbacks`, before any handle was known.
+    """
 
     payload: JsonObject
     source: SourcePosition | None
+    handle_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -301,13 +331,15 @@ class JoinState:
     `outcomes` the RESUMED or RESUME_FAILED the worker reported before the
     change log shows it. `current` is the handle new callbacks belong to.
     `held` is set while a payload waits for it (`early_since` too while no
-    handle is known yet); `resuming` holds the resume in flight per handle.
+    handle is known yet, and `queued`, the early callbacks behind it, in
+    arrival order); `resuming` holds the resume in flight per handle.
     """
 
     correlation_id: str
     handles: Mapping[str, HandleChange] = field(default_factory=dict)
     current: str | None = None
     held: HeldPayload | None = None
+    queued: tuple[HeldPayload, ...] = ()
     early_since: datetime | None = None
     resuming: Mapping[str, Resume] = field(default_factory=dict)
     outcomes: Mapping[str, HandleStatus] = field(default_factory=dict)
@@ -330,7 +362,12 @@ class JoinState:
 
     @property
     def is_empty(self) -> bool:
-        return not self.handles and self.held is None and not self.resuming
+        return (
+            not self.handles
+            and self.held is None
+            and not self.queued
+            and not self.resuming
+        )
 
 
 @dataclass(frozen=True)
@@ -366,7 +403,7 @@ def _merge(old: HandleChange | None, new: HandleChange) -> HandleChange | None:
     return None
 
 
-def _apply_change(state: JoinState, change: HandleChange) -> Step:
+def _apply_change(state: JoinState, change: HandleChange, config: JoinConfig) -> Step:
     old = state.handles.get(change.handle_id)
     merged = _merge(old, change)
     if merged is None:
@@ -382,16 +419,16 @@ def _apply_change(state: JoinState, change: HandleChange) -> Step:
     # snapshot may list an old finished handle after the active one.
     if old is None and (current is None or not current.is_active or merged.is_active):
         state = dataclasses.replace(state, current=change.handle_id, early_since=None)
-    return _react(dataclasses.replace(state, handles=handles), change.handle_id)
+    return _react(dataclasses.replace(state, handles=handles), change.handle_id, config)
 
 
-def _react(state: JoinState, handle_id: str) -> Step:
+def _react(state: JoinState, handle_id: str, config: JoinConfig) -> Step:
     """What a newer view of a handle means for the payloads of its wait."""
     view = state.view(handle_id)
     if view.is_active:
         if handle_id != state.current:
             return state, []
-        return _react_active(state, handle_id, view)
+        return _react_active(state, handle_id, view, config)
 
     state, settled = _settle_resume(state, handle_id, view)
     if handle_id != state.current:
@@ -401,11 +438,53 @@ def _react(state: JoinState, handle_id: str) -> Step:
     return state, [*settled, *dropped]
 
 
-def _react_active(state: JoinState, handle_id: str, view: HandleChange) -> Step:
+def _react_active(
+    state: JoinState, handle_id: str, view: HandleChange, config: JoinConfig
+) -> Step:
+    state, screened = _screen_held(state, view, config)
     state = _adopt_row_payload(state, view)
     if view.status is HandleStatus.PAUSED:
-        return _resume_held(state, handle_id, view)
-    return state, []
+        state, resumed = _resume_held(state, handle_id, view)
+        return state, [*screened, *resumed]
+    state, stored = _store_on_handle(state, view)
+    return state, [*screened, *stored]
+
+
+def _screen_held(state: JoinState, view: HandleChange, config: JoinConfig) -> Step:
+    """Check the payloads kept for this wait against its schema.
+
+    Early payloads meet their schema here for the first time: each invalid
+    one is dead-lettered, the first valid one stays held, the rest are
+    duplicates of it. A payload checked before passes again.
+    """
+    kept = [] if state.held is None else [state.held]
+    kept += state.queued
+    if not kept:
+        return state, []
+    winner: HeldPayload | None = None
+    actions: list[Action] = []
+    cid = state.correlation_id
+    for held in kept:
+        problem = config.problem(view, held.payload)
+        if problem is not None:
+            reason = DeadLetterReason.INVALID_PAYLOAD
+            actions.append(DeadLetter(cid, reason, held.payload, held.source, problem))
+        elif winner is None:
+            winner = held
+        else:
+            reason_dup = DuplicateReason.PAYLOAD_HELD
+            actions.append(IgnoreDuplicate(cid, reason_dup, held.source))
+    return dataclasses.replace(state, held=winner, queued=()), actions
+
+
+def _store_on_handle(state: JoinState, view: HandleChange) -> Step:
+    """Move a payload parked before its handle existed onto the handle's row."""
+    held = state.held
+    if held is None or held.handle_id == view.handle_id or held.source is None:
+        return state, []
+    moved = dataclasses.replace(held, handle_id=view.handle_id)
+    store = Store(state.correlation_id, view.handle_id, held.payload, held.source)
+    return dataclasses.replace(state, held=moved), [store]
 
 
 def _settle_resume(state: JoinState, handle_id: str, view: HandleChange) -> Step:
@@ -433,7 +512,8 @@ def _adopt_row_payload(state: JoinState, view: HandleChange) -> JoinState:
     """
     if view.resume_payload is None or state.payload_held or not view.is_active:
         return state
-    return dataclasses.replace(state, held=HeldPayload(view.resume_payload, None))
+    held = HeldPayload(view.resume_payload, None, view.handle_id)
+    return dataclasses.replace(state, held=held)
 
 
 def _resume_held(state: JoinState, handle_id: str, view: HandleChange) -> Step:
@@ -447,17 +527,20 @@ def _resume_held(state: JoinState, handle_id: str, view: HandleChange) -> Step:
 
 
 def _drop_held(state: JoinState, reason: DeadLetterReason | None) -> Step:
-    """Settle a held payload whose wait ended: dead letter, or a duplicate."""
-    held = state.held
-    if held is None:
-        return state, []
-    state = dataclasses.replace(state, held=None, early_since=None)
+    """Settle the payloads kept for a wait that ended: dead letters, or duplicates.
+
+    `reason` None means the wait was resumed (by another payload).
+    """
+    kept = [] if state.held is None else [state.held]
+    kept += state.queued
+    state = dataclasses.replace(state, held=None, queued=(), early_since=None)
     cid = state.correlation_id
     if reason is None:
         return state, [
             IgnoreDuplicate(cid, DuplicateReason.ALREADY_RESUMED, held.source)
+            for held in kept
         ]
-    return state, [DeadLetter(cid, reason, held.payload, held.source)]
+    return state, [DeadLetter(cid, reason, h.payload, h.source) for h in kept]
 
 
 def _dead_letter_reason(view: HandleChange) -> DeadLetterReason:
@@ -469,17 +552,36 @@ def _dead_letter_reason(view: HandleChange) -> DeadLetterReason:
 # ── callbacks ───────────────────────────────────────────────────────────────
 
 
-def _accept_callback(state: JoinState, callback: Callback, now: datetime) -> Step:
+def _accept_callback(
+    state: JoinState, callback: Callback, now: datetime, config: JoinConfig
+) -> Step:
     """Decide a callback seen for the first time."""
+    if state.current is None:
+        return _keep_early(state, callback, now)
     if state.payload_held:
         return state, [_ignore(callback, DuplicateReason.PAYLOAD_HELD)]
-    if state.current is None:
+    return _route_to_handle(state, callback, state.current, now, config)
+
+
+def _keep_early(state: JoinState, callback: Callback, now: datetime) -> Step:
+    """Keep a callback that came before any handle, behind earlier ones.
+
+    None of them can be checked against the schema yet, so none may turn
+    the others away: the handle decides between them when it appears.
+    """
+    if state.held is None:
         return _hold(state, callback, None, early_since=now)
-    return _route_to_handle(state, callback, state.current, now)
+    queued = (*state.queued, HeldPayload(callback.payload, callback.source))
+    store = Store(callback.correlation_id, None, callback.payload, callback.source)
+    return dataclasses.replace(state, queued=queued), [store]
 
 
 def _route_to_handle(
-    state: JoinState, callback: Callback, handle_id: str, now: datetime
+    state: JoinState,
+    callback: Callback,
+    handle_id: str,
+    now: datetime,
+    config: JoinConfig,
 ) -> Step:
     view = state.view(handle_id)
     if view.is_resumed:
@@ -489,6 +591,12 @@ def _route_to_handle(
     # Cleanup marks a handle EXPIRED only every so often; judge by the clock.
     if view.expires_at <= now:
         return state, [_dead_letter(callback, DeadLetterReason.HANDLE_EXPIRED)]
+    # The worker checks against the handle it looks up, which may be newer
+    # or older than this view; this one is what the resume would use.
+    problem = config.problem(view, callback.payload)
+    if problem is not None:
+        reason = DeadLetterReason.INVALID_PAYLOAD
+        return state, [_dead_letter(callback, reason, problem)]
     if view.status is HandleStatus.PENDING_PAUSE:
         return _hold(state, callback, handle_id, early_since=None)
 
@@ -508,7 +616,7 @@ def _hold(
     handle_id: str | None,
     early_since: datetime | None,
 ) -> Step:
-    held = HeldPayload(callback.payload, callback.source)
+    held = HeldPayload(callback.payload, callback.source, handle_id)
     state = dataclasses.replace(state, held=held, early_since=early_since)
     store = Store(callback.correlation_id, handle_id, callback.payload, callback.source)
     return state, [store]
@@ -641,7 +749,7 @@ class Join:
     def on_handle_change(self, change: HandleChange) -> list[Action]:
         """A change event of one handle, in commit order per correlation id."""
         state = self._state(change.correlation_id)
-        state, actions = _apply_change(state, change)
+        state, actions = _apply_change(state, change, self.config)
         self._owners[change.handle_id] = change.correlation_id
         self._put(state)
         return actions
@@ -653,7 +761,7 @@ class Join:
             return [*actions, _ignore(callback, DuplicateReason.REDELIVERED)]
 
         state, decided = _accept_callback(
-            self._state(callback.correlation_id), callback, now
+            self._state(callback.correlation_id), callback, now, self.config
         )
         self._put(state)
         return [*actions, *decided]

@@ -85,6 +85,11 @@ RESUME_FAILURES = Counter(
     "prefect_resume_failures_total",
     "Resume attempts that failed; each is retried until the last",
 )
+RESUMES_DEFERRED = Counter(
+    "pausewire_resumes_deferred_total",
+    "Resume attempts that could not start (no lock quorum, Postgres away); "
+    "tried again without counting towards the last attempt",
+)
 RESUME_LATENCY = Histogram(
     "prefect_resume_latency_seconds",
     "From the callback's Kafka timestamp to Prefect accepting the resume",

@@ -37,7 +37,12 @@ _RETRYABLE_REASONS = ("Run input schema not found",)
 class Outcome(enum.Enum):
     RESUMED = "resumed"
     ALREADY_RESUMED = "already_resumed"
+    # The attempt failed and counts towards the last one.
     RETRY = "retry"
+    # The attempt never reached Prefect: no lock quorum, or Postgres was
+    # away. It is tried again without counting, so an outage of the
+    # resumer's own stores never gives a wait up.
+    DEFERRED = "deferred"
 
 
 @dataclass(frozen=True)

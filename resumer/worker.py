@@ -33,14 +33,14 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanContext, SpanKind
 
 from outbox import tracing
-from outbox.errors import LockNotAcquiredError, PausewireError
+from outbox.errors import LockNotAcquiredError, PausewireError, StoreUnavailableError
 from outbox.logs import log_context
 from outbox.settings import Settings
 from resumer import metrics
 from resumer.cache import HandleCache
 from resumer.dlq import DeadLetterQueue, ParsedCallback, parse_callback
 from resumer.effects import Effects
-from resumer.events import parse_handle_change, payload_problem
+from resumer.events import parse_handle_change, payload_problem, schema_problem
 from resumer.join import (
     Action,
     DeadLetter,
@@ -120,7 +120,12 @@ class Worker:
         self.prefect = prefect
         self.dlq = dlq
         self.health = health or Health()
-        self.config = JoinConfig(grace_seconds=settings.unknown_grace_seconds)
+        self.config = JoinConfig(
+            grace_seconds=settings.unknown_grace_seconds,
+            retry_base_seconds=min(1.0, settings.resume_retry_cap_seconds),
+            retry_cap_seconds=settings.resume_retry_cap_seconds,
+            payload_check=schema_problem,
+        )
         self.consumer = self._consumer()
         self.joins: dict[int, Join] = {}
         self.trackers: dict[tuple[str, int], OffsetTracker] = {}
@@ -136,6 +141,8 @@ class Worker:
         # a restart: a resume rebuilt from the topics has no link.
         self._producers: dict[SourcePosition, SpanContext] = {}
         self._retry_seq = 0
+        # Deferred attempts in a row per handle, for their back-off.
+        self._deferrals: dict[str, int] = {}
         self._last = {"tick": 0.0, "commit": 0.0, "lag": 0.0}
 
     def _consumer(self) -> Consumer:
@@ -363,16 +370,7 @@ class Worker:
                 case Resume():
                     self._start_resume(action, partition, origin)
                 case RetryResume(resume, after_seconds):
-                    self._retry_seq += 1
-                    heapq.heappush(
-                        self.retries,
-                        (
-                            time.monotonic() + after_seconds,
-                            self._retry_seq,
-                            partition,
-                            resume,
-                        ),
-                    )
+                    self._schedule(resume, partition, after_seconds)
                 case Store():
                     self.effects.store_payload(action)
                 case DeadLetter():
@@ -433,8 +431,8 @@ class Worker:
                 self.locks.resume_lock(resume.correlation_id),
             ):
                 return self.effects.resume(resume, self.prefect, producer=producer)
-        except LockNotAcquiredError as exc:
-            return ResumeResult(Outcome.RETRY, str(exc))
+        except (LockNotAcquiredError, StoreUnavailableError) as exc:
+            return ResumeResult(Outcome.DEFERRED, str(exc))
         except PausewireError as exc:
             return ResumeResult(Outcome.RETRY, str(exc))
 
@@ -466,7 +464,13 @@ class Worker:
     def _settle_in_context(self, done: _Finished) -> None:
         resume = done.resume
         join = self.joins.get(done.partition)
-        if done.result.outcome is Outcome.RETRY:
+        if done.result.outcome is Outcome.DEFERRED:
+            # The join still sees this resume in flight, and a rebuild brings
+            # it back from the topics: the record may be committed meanwhile.
+            self._defer(resume, done.partition, done.result.detail)
+            actions: list[Action] = []
+        elif done.result.outcome is Outcome.RETRY:
+            self._deferrals.pop(resume.handle_id, None)
             metrics.RESUME_FAILURES.inc()
             logger.warning(
                 "Resume of flow run %s for correlation id %s failed (attempt %d): %s",
@@ -483,6 +487,7 @@ class Worker:
                 )
             )
         else:
+            self._deferrals.pop(resume.handle_id, None)
             self._count_resumed(resume, done.result)
             actions = [] if join is None else join.on_resume_succeeded(resume.handle_id)
         if join is not None:
@@ -491,6 +496,26 @@ class Worker:
             tracker = self.trackers.get((done.origin.topic, done.origin.partition))
             if tracker is not None:
                 tracker.end(done.origin.offset)
+
+    def _defer(self, resume: Resume, partition: int, detail: str) -> None:
+        metrics.RESUMES_DEFERRED.inc()
+        deferrals = self._deferrals.get(resume.handle_id, 0) + 1
+        self._deferrals[resume.handle_id] = deferrals
+        after = self.config.backoff_seconds(deferrals)
+        logger.warning(
+            "Resume of flow run %s for correlation id %s could not start: %s; "
+            "trying again in %g s (not counted as a failed attempt)",
+            resume.flow_run_id,
+            resume.correlation_id,
+            detail,
+            after,
+        )
+        self._schedule(resume, partition, after)
+
+    def _schedule(self, resume: Resume, partition: int, after_seconds: float) -> None:
+        self._retry_seq += 1
+        due = time.monotonic() + after_seconds
+        heapq.heappush(self.retries, (due, self._retry_seq, partition, resume))
 
     def _count_resumed(self, resume: Resume, result: ResumeResult) -> None:
         received = self._received.pop(resume.source, None) if resume.source else None

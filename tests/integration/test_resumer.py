@@ -151,6 +151,38 @@ def test_a_callback_before_the_handle_exists_is_applied_once_it_is_paused(
     assert parked == (0,), "an applied early callback must not stay parked"
 
 
+def test_an_invalid_early_callback_does_not_block_the_valid_one_behind_it(
+    stack, runner, resumers, correlation_id
+):
+    # Both answers come before the flow has even opened its wait, so neither
+    # can be checked against its schema on arrival. Were the first kept as
+    # the answer, Prefect would refuse it until the wait was given up.
+    resumers().start()
+    dlq = DlqReader(stack.kafka)
+    produce_callback(stack.kafka, correlation_id, {"approved": "perhaps"})
+    produce_callback(stack.kafka, correlation_id, {"approved": True, "note": "2nd"})
+
+    def parked() -> int:
+        with psycopg.connect(stack.admin_dsn) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM early_callbacks WHERE correlation_id = %s",
+                (correlation_id,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    wait_for("the resumer to park the early callback", parked)
+    answer = runner.submit(waiting_for_approval, correlation_id).result(timeout=30)
+
+    assert answer == {"approved": True, "note": "2nd"}
+    assert dlq.reasons({correlation_id.encode()}) == {
+        correlation_id.encode(): "invalid_payload"
+    }, "the invalid early answer must be dead-lettered with its reason"
+    stored = handle_row(stack.admin_dsn, correlation_id)
+    assert stored is not None and stored["status"] == "RESUMED"
+    assert stored["resume_payload"] == {"approved": True, "note": "2nd"}
+    assert parked() == 0, "a settled early callback must not stay parked"
+
+
 def test_duplicate_callbacks_resume_once_with_the_first_payload(
     stack, runner, resumers, correlation_id
 ):
@@ -210,6 +242,36 @@ def test_redis_stopped_mid_run_loses_no_callback(
 
     assert future.result(timeout=60) == ANSWER
     assert _status(stack, correlation_id) == "RESUMED"
+
+
+def test_a_lock_outage_longer_than_every_attempt_gives_no_wait_up(
+    stack, runner, resumers, redis_node, correlation_id
+):
+    # Attempts come 0.2 s apart here, so the outage outlasts twelve of them:
+    # were a missing lock quorum a failed attempt, the wait would be given
+    # up (RESUME_FAILED) and its answer dead-lettered before Redis returned.
+    worker = resumers(
+        REDIS_URL=redis_node.url, PAUSEWIRE_RESUME_RETRY_CAP_SECONDS="0.2"
+    ).start()
+    future = runner.submit(waiting, correlation_id)
+    paused_handle(stack, correlation_id)
+
+    redis_node.stop()
+    produce_callback(stack.kafka, correlation_id, ANSWER)
+    wait_for(
+        "more deferred attempts than a wait has attempts",
+        lambda: worker.metric("pausewire_resumes_deferred_total") > 12,
+        timeout_s=60,
+    )
+    assert _status(stack, correlation_id) == "PAUSED", "the outage gave the wait up"
+    redis_node.start()
+
+    assert future.result(timeout=60) == ANSWER
+    assert _status(stack, correlation_id) == "RESUMED"
+    assert worker.metric("pausewire_handles_failed_total") == 0
+    assert worker.metric("prefect_resume_failures_total") == 0, (
+        "an attempt that never reached Prefect was counted as a failure"
+    )
 
 
 def test_killed_between_prefect_resume_and_commit_resumes_only_once(

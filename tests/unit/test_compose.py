@@ -66,6 +66,7 @@ COUNTERS = {
     "pausewire_dlq_messages_total",
     "pausewire_callbacks_total",
     "pausewire_handles_failed_total",
+    "pausewire_resumes_deferred_total",
 }
 HISTOGRAMS = {"prefect_resume_latency_seconds", "pausewire_cdc_delay_seconds"}
 # Gauges; the handle and connector ones are read when Prometheus scrapes.

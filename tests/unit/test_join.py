@@ -49,7 +49,16 @@ from resumer.join import (
 )
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
-CONFIG = JoinConfig(grace_seconds=120.0)
+SCHEMA = {"type": "object", "required": ["user_response"]}
+
+
+def marked_bad(schema: dict[str, Any], payload: dict[str, Any]) -> str | None:
+    """A stand-in for the schema check: payloads marked bad fail it."""
+    assert schema == SCHEMA, "checked against another schema than the handle's"
+    return "user_response is not a string" if payload.get("bad") else None
+
+
+CONFIG = JoinConfig(grace_seconds=120.0, payload_check=marked_bad)
 TTL = timedelta(seconds=600)
 TOPIC = "genesis.callbacks"
 CID = "order-1"
@@ -77,12 +86,24 @@ def change(
     deleted: bool = False,
 ) -> HandleChange:
     return HandleChange(
-        handle_id, cid, f"run-{handle_id}", status, payload, expires_at, deleted
+        handle_id,
+        cid,
+        f"run-{handle_id}",
+        status,
+        payload,
+        expires_at,
+        deleted,
+        SCHEMA,
     )
 
 
-def callback(offset: int, answer: str = "yes", *, cid: str = CID) -> Callback:
-    return Callback(cid, {"user_response": answer}, pos(offset))
+def callback(
+    offset: int, answer: str = "yes", *, cid: str = CID, bad: bool = False
+) -> Callback:
+    payload: dict[str, Any] = {"user_response": answer}
+    if bad:
+        payload["bad"] = True
+    return Callback(cid, payload, pos(offset))
 
 
 def resume_of(cb: Callback, handle_id: str = "h1", attempt: int = 1) -> Resume:
@@ -106,12 +127,76 @@ def test_callback_before_handle_exists_is_parked_then_applied_when_paused() -> N
     join, first = Join(CONFIG), callback(1, "yes")
 
     assert join.on_callback(first, at(0)) == [Store(CID, None, first.payload, pos(1))]
-    assert join.on_handle_change(change("h1", PENDING)) == []
+    # The handle appears: the parked payload moves onto its row.
+    assert join.on_handle_change(change("h1", PENDING)) == [
+        Store(CID, "h1", first.payload, pos(1))
+    ]
     assert join.on_callback(callback(2, "no"), at(1)) == [
         ignored(2, DuplicateReason.PAYLOAD_HELD)
     ]
     assert join.on_tick(at(600)) == [], "an attached payload must not age out"
+    assert join.on_handle_change(change("h1", PENDING, payload=first.payload)) == []
     assert join.on_handle_change(change("h1", PAUSED)) == [resume_of(first)]
+
+
+def test_early_callbacks_are_all_kept_and_the_first_valid_one_wins() -> None:
+    join = Join(CONFIG)
+    bad, good, later = callback(1, bad=True), callback(2, "yes"), callback(3, "no")
+
+    for cb in (bad, good, later):
+        assert join.on_callback(cb, at(cb.source.offset)) == [
+            Store(CID, None, cb.payload, cb.source)
+        ], "an early callback that cannot be checked yet turned another away"
+    assert join.on_handle_change(change("h1", PENDING)) == [
+        dead(bad, DeadLetterReason.INVALID_PAYLOAD, "user_response is not a string"),
+        ignored(3, DuplicateReason.PAYLOAD_HELD),
+        Store(CID, "h1", good.payload, good.source),
+    ]
+    assert join.on_handle_change(change("h1", PAUSED)) == [resume_of(good)]
+
+
+def test_an_invalid_early_callback_leaves_the_wait_open_for_a_valid_one() -> None:
+    join, bad, good = Join(CONFIG), callback(1, bad=True), callback(2)
+    join.on_callback(bad, at(0))
+
+    assert join.on_handle_change(change("h1", PAUSED)) == [
+        dead(bad, DeadLetterReason.INVALID_PAYLOAD, "user_response is not a string")
+    ]
+    assert join.on_callback(good, at(1)) == [resume_of(good)]
+
+
+def test_early_callbacks_all_age_out_when_no_handle_appears() -> None:
+    join, first, second = Join(CONFIG), callback(1, "a"), callback(2, "b")
+    join.on_callback(first, at(0))
+    join.on_callback(second, at(10))
+
+    assert join.on_tick(at(120)) == [
+        dead(first, DeadLetterReason.UNKNOWN_CORRELATION_ID),
+        dead(second, DeadLetterReason.UNKNOWN_CORRELATION_ID),
+    ]
+
+
+def test_a_replay_that_cannot_check_a_callback_yet_ends_where_the_live_one_did() -> (
+    None
+):
+    # Live, the worker found the handle in Postgres before its change event
+    # and dead-lettered the callback at once. A rebuild reads the callback
+    # before that event, so it cannot check it: the handle does, later.
+    bad, good = callback(1, bad=True), callback(2)
+    live = Join(CONFIG)
+    live.on_callback_invalid(bad, "user_response is not a string")
+    live.on_callback(good, at(1))
+    live.on_handle_change(change("h1", PENDING))
+
+    rebuilt = Join.replay(
+        [
+            CallbackReceived(bad, at(0)),
+            CallbackReceived(good, at(1)),
+            change("h1", PENDING),
+        ],
+        CONFIG,
+    )
+    assert rebuilt.snapshot() == live.snapshot()
 
 
 def test_callback_while_pending_pause_is_stored_on_the_handle() -> None:
@@ -378,6 +463,7 @@ class Row:
             self.resume_payload,
             self.expires_at,
             self.deleted,
+            SCHEMA,
         )
 
 
@@ -392,9 +478,10 @@ def source_of(action: Action) -> SourcePosition | None:
 class Ledger:
     """Where each callback stands, checked at every decision.
 
-    held -> in_flight -> applied, and held/in_flight -> dead, are the only
-    moves after the first decision; anything else is a lost or doubled
-    answer.
+    held -> held (moved onto its handle's row), held -> in_flight ->
+    applied, held -> ignored (another payload won, or the wait was resumed)
+    and held/in_flight -> dead are the only moves after the first decision;
+    anything else is a lost or doubled answer.
     """
 
     def __init__(self) -> None:
@@ -438,8 +525,15 @@ class Ledger:
                 assert len(self.resumes[action.handle_id]) == 1, "handle resumed twice"
                 self.move(action.source, fresh, {"held"}, "in_flight", action)
             case Store():
-                self.move(action.source, fresh, set(), "held", action)
-            case IgnoreDuplicate(reason=DuplicateReason.ALREADY_RESUMED):
+                assert (
+                    action.source != fresh
+                    or action.handle_id is None
+                    or (isinstance(event, CallbackReceived))
+                ), "a fresh payload was stored by a handle change"
+                self.move(action.source, fresh, {"held"}, "held", action)
+            case IgnoreDuplicate(
+                reason=DuplicateReason.ALREADY_RESUMED | DuplicateReason.PAYLOAD_HELD
+            ):
                 self.move(action.source, fresh, {"held"}, "ignored", action)
             case IgnoreDuplicate():
                 self.move(action.source, fresh, set(), "ignored", action)
@@ -514,6 +608,8 @@ class World:
         self.delivered: list[HandleChange] = []
         self.callbacks: list[CallbackReceived | CallbackInvalid] = []
         self.payloads: dict[SourcePosition, dict[str, Any]] = {}
+        # Callbacks whose payload fails the waiting flow's schema.
+        self.bad: set[SourcePosition] = set()
         self.next_offset: Counter[int] = Counter()
         self.jobs: deque[Resume] = deque()
         self.prefect: dict[str, list[Resume]] = defaultdict(list)
@@ -576,9 +672,17 @@ class World:
                 assert self.now < expires_at, "kept a payload for an expired wait"
 
     def invalid(self, arg: int) -> None:
-        event = CallbackInvalid(self.new_callback(arg), "result fails the schema")
+        """A payload failing the schema of a wait the worker can look up."""
+        cb = self.new_callback(arg, bad=True)
+        self.bad.add(cb.source)
+        if self.active_row(cb.correlation_id) is None:
+            # No wait to check it against yet: the join gets it as it is.
+            event: CallbackReceived | CallbackInvalid = CallbackReceived(cb, self.now)
+            self.waits.arrived(cb)
+        else:
+            event = CallbackInvalid(cb, "result fails the schema")
         self.callbacks.append(event)
-        self.feed(event, fresh=event.callback.source)
+        self.feed(event, fresh=cb.source)
 
     def redeliver_callback(self, arg: int) -> None:
         if not self.callbacks:
@@ -668,16 +772,15 @@ class World:
             self.carry_out(action)
         return actions
 
-    def new_callback(self, arg: int) -> Callback:
+    def new_callback(self, arg: int, *, bad: bool = False) -> Callback:
         cid = CIDS[arg % len(CIDS)]
         partition = CIDS.index(cid) % 2
         offset = self.next_offset[partition]
         self.next_offset[partition] += 1
-        cb = Callback(
-            cid,
-            {"user_response": f"answer {partition}/{offset}"},
-            pos(offset, partition),
-        )
+        payload: dict[str, Any] = {"user_response": f"answer {partition}/{offset}"}
+        if bad:
+            payload["bad"] = True
+        cb = Callback(cid, payload, pos(offset, partition))
         self.payloads[cb.source] = cb.payload
         return cb
 
@@ -712,7 +815,7 @@ OPERATIONS = (
     + ["deliver"] * 4
     + ["redeliver_change"] * 2
     + ["callback"] * 5
-    + ["invalid"]
+    + ["invalid"] * 2
     + ["redeliver_callback"] * 2
     + ["work"] * 3
     + ["doom", "crash", "report_again"]
@@ -730,6 +833,7 @@ def check_each_flow_run_resumed_once(world: World) -> None:
         source = runs[0].source
         assert source is not None, "resumed with a payload no callback carried"
         assert runs[0].payload == world.payloads[source], "resumed with another payload"
+        assert source not in world.bad, "resumed with a payload failing the schema"
 
 
 def first_kind(ledger: Ledger, source: SourcePosition) -> str:
@@ -745,9 +849,14 @@ def first_kind(ledger: Ledger, source: SourcePosition) -> str:
 def check_first_payload_wins(world: World) -> None:
     ledger = world.ledger
     for handle_id, members in world.waits.members.items():
-        # Callbacks turned away on arrival (wait over, already resumed) are
-        # no candidates; among the rest, arrival order decides.
-        candidates = [p for p in members if first_kind(ledger, p) != "turned away"]
+        # Callbacks turned away on arrival (wait over, already resumed) and
+        # payloads failing the schema are no candidates; among the rest,
+        # arrival order decides.
+        candidates = [
+            p
+            for p in members
+            if first_kind(ledger, p) != "turned away" and p not in world.bad
+        ]
         resumes = ledger.resumes.get(handle_id, [])
         row = world.rows[handle_id]
         if not candidates:
@@ -757,9 +866,11 @@ def check_first_payload_wins(world: World) -> None:
 
         winner, *later = candidates
         assert first_kind(ledger, winner) == "kept", "the first payload was not kept"
-        assert all(first_kind(ledger, p) == "duplicate" for p in later), (
-            f"a later payload for {handle_id} was kept too"
-        )
+        for p in later:
+            # Early ones were kept until the handle chose between them.
+            assert ledger.stage[p] == "ignored" or (
+                ledger.stage[p] == "dead" and ledger.stage[winner] == "dead"
+            ), f"a later payload for {handle_id} ended {ledger.stage[p]}"
         assert all(r.source == winner for r in resumes), "resumed with a later payload"
         assert row.resume_payload in (None, world.payloads[winner])
 
@@ -769,6 +880,10 @@ def check_accounting(world: World) -> None:
     seen = {e.callback.source for e in world.callbacks}
     assert set(ledger.stage) == seen, "a callback got no decision"
     assert set(ledger.stage.values()) <= STAGES - {"in_flight"}
+    for p in world.bad:
+        assert ledger.stage[p] in ("dead", "ignored"), (
+            f"a payload failing the schema ended {ledger.stage[p]}"
+        )
     applied = {p for p, stage in ledger.stage.items() if stage == "applied"}
     resumed = {r.source for runs in world.prefect.values() for r in runs}
     assert applied == resumed, "accounting and Prefect disagree"
