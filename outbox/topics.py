@@ -78,17 +78,25 @@ def _await_metadata(
     admin: AdminClient, topics: list[str], timeout_s: float
 ) -> dict[str, int]:
     # A created topic reaches the broker's metadata cache a moment after the
-    # controller confirms it: a look straight after creation can miss it.
+    # controller confirms it, and its partitions get leaders a moment after
+    # that: a look straight after creation can miss either.
     deadline = time.monotonic() + timeout_s
     while True:
-        counts = partition_counts(admin, timeout_s)
-        absent = [t for t in topics if counts.get(t, 0) == 0]
+        metadata = admin.list_topics(timeout=timeout_s)
+        absent = [
+            name
+            for name in topics
+            if name not in metadata.topics
+            or not metadata.topics[name].partitions
+            or any(p.leader < 0 for p in metadata.topics[name].partitions.values())
+        ]
         if not absent:
-            return counts
+            return {name: len(t.partitions) for name, t in metadata.topics.items()}
         if time.monotonic() >= deadline:
             raise ConfigurationError(
                 f"Kafka created {', '.join(absent)} but its metadata still lacks "
-                f"them after {timeout_s:g} s; see the kafka log"
+                f"them or their partition leaders after {timeout_s:g} s; see the "
+                "kafka log"
             )
         time.sleep(METADATA_POLL_SECONDS)
 

@@ -48,6 +48,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 from pydantic import ValidationError
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from outbox.errors import DeadLetterError
 from outbox.models import MAX_CORRELATION_ID_LENGTH
@@ -522,16 +528,44 @@ def read_dead_letters(
         consumer.close()
 
 
+# A partition between leaders answers with one of these for a moment: just
+# after the topic was created, or while a broker restarts.
+_LEADERSHIP_ERRORS = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
+def _transient(exc: BaseException) -> bool:
+    if not isinstance(exc, KafkaException) or not exc.args:
+        return False
+    error = exc.args[0]
+    return isinstance(error, KafkaError) and (
+        error.code() in _LEADERSHIP_ERRORS or error.retriable()
+    )
+
+
 def _watermarks(
     consumer: Consumer, topic: str, timeout_seconds: float
 ) -> dict[int, tuple[int, int]]:
+    retrying = Retrying(
+        stop=stop_after_delay(timeout_seconds),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        retry=retry_if_exception(_transient),
+        reraise=True,
+    )
     try:
         metadata = consumer.list_topics(timeout=timeout_seconds)
         if topic not in metadata.topics:
             raise DeadLetterError(topic, "no such topic")
         return {
-            partition: consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout_seconds
+            partition: retrying(
+                consumer.get_watermark_offsets,
+                TopicPartition(topic, partition),
+                timeout=timeout_seconds,
             )
             for partition in metadata.topics[topic].partitions
         }

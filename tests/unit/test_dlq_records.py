@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
@@ -35,6 +35,7 @@ from resumer.dlq import (
     ParsedCallback,
     Rejected,
     WorkerDeadLetterReason,
+    _watermarks,
     dead_letter_headers,
     main,
     parse_callback,
@@ -530,6 +531,63 @@ def test_send_raises_when_flush_times_out() -> None:
 
     with pytest.raises(DeadLetterError, match=r"not acknowledged within 0\.5 s"):
         queue.send(b"x", None, "not_json", SOURCE)
+
+
+# ── watermarks ─────────────────────────────────────────────────────────────
+
+
+class _Metadata:
+    def __init__(self, topic: str, partitions: int) -> None:
+        self.topics = {
+            topic: type("T", (), {"partitions": dict.fromkeys(range(partitions))})
+        }
+
+
+class FakeConsumer:
+    """Answers watermark reads with `errors` first, then (0, 10) per partition."""
+
+    def __init__(self, errors: list[int], partitions: int = 2) -> None:
+        self.errors = list(errors)
+        self.partitions = partitions
+        self.calls = 0
+
+    def list_topics(self, timeout: float) -> _Metadata:
+        return _Metadata("dlq.test", self.partitions)
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float
+    ) -> tuple[int, int]:
+        self.calls += 1
+        if self.errors:
+            raise KafkaException(KafkaError(self.errors.pop(0)))
+        return (0, 10)
+
+
+def test_watermarks_wait_out_a_partition_between_leaders() -> None:
+    consumer = FakeConsumer(
+        [KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE]
+    )
+
+    ranges = _watermarks(consumer, "dlq.test", timeout_seconds=5)  # type: ignore[arg-type]
+
+    assert ranges == {0: (0, 10), 1: (0, 10)}
+    assert consumer.calls == 4
+
+
+def test_watermarks_fail_at_once_on_an_error_waiting_cannot_fix() -> None:
+    consumer = FakeConsumer([KafkaError.TOPIC_AUTHORIZATION_FAILED])
+
+    with pytest.raises(DeadLetterError, match=r"cannot read watermarks.*AUTHORIZATION"):
+        _watermarks(consumer, "dlq.test", timeout_seconds=5)  # type: ignore[arg-type]
+    assert consumer.calls == 1
+
+
+def test_watermarks_give_up_on_a_leaderless_partition_after_the_timeout() -> None:
+    consumer = FakeConsumer([KafkaError.NOT_LEADER_FOR_PARTITION] * 1000)
+
+    with pytest.raises(DeadLetterError, match="NOT_LEADER_FOR_PARTITION"):
+        _watermarks(consumer, "dlq.test", timeout_seconds=0.3)  # type: ignore[arg-type]
+    assert 1 < consumer.calls < 1000
 
 
 # ── command line ────────────────────────────────────────────────────────────
