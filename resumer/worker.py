@@ -541,6 +541,9 @@ class Worker:
             _, _, partition, resume = heapq.heappop(self.retries)
             if partition in self.joins:
                 self._start_resume(resume, partition, None)
+            else:
+                # Revoked meanwhile: its new owner rebuilds the resume.
+                self._deferrals.pop(resume.handle_id, None)
 
     # ---- housekeeping
 
