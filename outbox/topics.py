@@ -17,6 +17,7 @@ from concurrent.futures import Future
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._metadata import ClusterMetadata
 from confluent_kafka.cimpl import NewTopic
 
 from outbox.errors import ConfigurationError
@@ -91,7 +92,7 @@ def _await_metadata(
             or any(p.leader < 0 for p in metadata.topics[name].partitions.values())
         ]
         if not absent:
-            return {name: len(t.partitions) for name, t in metadata.topics.items()}
+            return _counts(metadata)
         if time.monotonic() >= deadline:
             raise ConfigurationError(
                 f"Kafka created {', '.join(absent)} but its metadata still lacks "
@@ -103,7 +104,10 @@ def _await_metadata(
 
 def partition_counts(admin: AdminClient, timeout_s: float) -> dict[str, int]:
     """Partition count of every topic the cluster knows."""
-    metadata = admin.list_topics(timeout=timeout_s)
+    return _counts(admin.list_topics(timeout=timeout_s))
+
+
+def _counts(metadata: ClusterMetadata) -> dict[str, int]:
     return {name: len(t.partitions) for name, t in metadata.topics.items()}
 
 

@@ -361,6 +361,11 @@ class JoinState:
         return self.held is not None or self.current in self.resuming
 
     @property
+    def kept(self) -> list[HeldPayload]:
+        """The payloads kept for this wait: the held one, then the queued."""
+        return ([] if self.held is None else [self.held]) + list(self.queued)
+
+    @property
     def is_empty(self) -> bool:
         return (
             not self.handles
@@ -457,8 +462,7 @@ def _screen_held(state: JoinState, view: HandleChange, config: JoinConfig) -> St
     one is dead-lettered, the first valid one stays held, the rest are
     duplicates of it. A payload checked before passes again.
     """
-    kept = [] if state.held is None else [state.held]
-    kept += state.queued
+    kept = state.kept
     if not kept:
         return state, []
     winner: HeldPayload | None = None
@@ -531,8 +535,7 @@ def _drop_held(state: JoinState, reason: DeadLetterReason | None) -> Step:
 
     `reason` None means the wait was resumed (by another payload).
     """
-    kept = [] if state.held is None else [state.held]
-    kept += state.queued
+    kept = state.kept
     state = dataclasses.replace(state, held=None, queued=(), early_since=None)
     cid = state.correlation_id
     if reason is None:

@@ -19,9 +19,8 @@ from psycopg.rows import dict_row
 from outbox.settings import Settings
 from outbox.store import get_store
 from resumer.cache import HandleCache, HandleView
-from resumer.events import payload_problem, schema_problem
-from resumer.join import JoinConfig
-from resumer.replay import Rebuilt, rebuild_partition
+from resumer.events import payload_problem
+from resumer.replay import Rebuilt, join_config, rebuild_partition
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +66,7 @@ def rebuild_all(settings: Settings, cache: HandleCache | None) -> list[Rebuilt]:
     finally:
         probe.close()
     offsets = committed_offsets(settings, partitions)
-    config = JoinConfig(
-        grace_seconds=settings.unknown_grace_seconds, payload_check=schema_problem
-    )
+    config = join_config(settings)
     return [
         rebuild_partition(
             settings,

@@ -28,7 +28,7 @@ from outbox.errors import ConfigurationError
 from outbox.settings import Settings
 from resumer.cache import HandleView
 from resumer.dlq import ParsedCallback, parse_callback
-from resumer.events import parse_handle_change
+from resumer.events import parse_handle_change, schema_problem
 from resumer.join import (
     Callback,
     CallbackInvalid,
@@ -45,6 +45,20 @@ logger = logging.getLogger(__name__)
 # Reading a partition to its end must finish; past this the assignment
 # fails loudly instead of leaving a partition silently unprocessed.
 REPLAY_TIMEOUT_SECONDS = 300.0
+
+
+def join_config(settings: Settings) -> JoinConfig:
+    """The join's configuration, the same for the live worker and a replay.
+
+    A replay decides as the live machine did only with the same settings.
+    """
+    return JoinConfig(
+        grace_seconds=settings.unknown_grace_seconds,
+        retry_base_seconds=min(1.0, settings.resume_retry_cap_seconds),
+        retry_cap_seconds=settings.resume_retry_cap_seconds,
+        payload_check=schema_problem,
+    )
+
 
 Validator = Callable[[HandleView | None, dict[str, Any]], str | None]
 Refill = Callable[[HandleView, int], None]

@@ -40,13 +40,12 @@ from resumer import metrics
 from resumer.cache import HandleCache
 from resumer.dlq import DeadLetterQueue, ParsedCallback, parse_callback
 from resumer.effects import Effects
-from resumer.events import parse_handle_change, payload_problem, schema_problem
+from resumer.events import parse_handle_change, payload_problem
 from resumer.join import (
     Action,
     DeadLetter,
     IgnoreDuplicate,
     Join,
-    JoinConfig,
     MarkFailed,
     Resume,
     RetryResume,
@@ -57,6 +56,7 @@ from resumer.locks import LockManager
 from resumer.offsets import OffsetTracker
 from resumer.prefect_api import Outcome, PrefectResumer, ResumeResult
 from resumer.replay import (
+    join_config,
     position_of,
     rebuild_partition,
     record_time,
@@ -120,12 +120,7 @@ class Worker:
         self.prefect = prefect
         self.dlq = dlq
         self.health = health or Health()
-        self.config = JoinConfig(
-            grace_seconds=settings.unknown_grace_seconds,
-            retry_base_seconds=min(1.0, settings.resume_retry_cap_seconds),
-            retry_cap_seconds=settings.resume_retry_cap_seconds,
-            payload_check=schema_problem,
-        )
+        self.config = join_config(settings)
         self.consumer = self._consumer()
         self.joins: dict[int, Join] = {}
         self.trackers: dict[tuple[str, int], OffsetTracker] = {}

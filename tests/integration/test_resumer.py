@@ -80,6 +80,16 @@ def _status(stack: Any, correlation_id: str) -> str | None:
     return None if row is None else str(row["status"])
 
 
+def _parked(stack: Any, correlation_id: str) -> int:
+    """Callbacks of `correlation_id` parked in early_callbacks."""
+    with psycopg.connect(stack.admin_dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM early_callbacks WHERE correlation_id = %s",
+            (correlation_id,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 class DlqReader:
     """The dead-letter topic from its end at creation time."""
 
@@ -143,12 +153,9 @@ def test_a_callback_before_the_handle_exists_is_applied_once_it_is_paused(
 
     assert answer == ANSWER
     assert time.monotonic() - started < 10, "the early answer must not wait long"
-    with psycopg.connect(stack.admin_dsn) as conn:
-        parked = conn.execute(
-            "SELECT count(*) FROM early_callbacks WHERE correlation_id = %s",
-            (correlation_id,),
-        ).fetchone()
-    assert parked == (0,), "an applied early callback must not stay parked"
+    assert _parked(stack, correlation_id) == 0, (
+        "an applied early callback must not stay parked"
+    )
 
 
 def test_an_invalid_early_callback_does_not_block_the_valid_one_behind_it(
@@ -162,15 +169,10 @@ def test_an_invalid_early_callback_does_not_block_the_valid_one_behind_it(
     produce_callback(stack.kafka, correlation_id, {"approved": "perhaps"})
     produce_callback(stack.kafka, correlation_id, {"approved": True, "note": "2nd"})
 
-    def parked() -> int:
-        with psycopg.connect(stack.admin_dsn) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM early_callbacks WHERE correlation_id = %s",
-                (correlation_id,),
-            ).fetchone()
-        return int(row[0]) if row else 0
-
-    wait_for("the resumer to park the early callback", parked)
+    wait_for(
+        "the resumer to park the early callback",
+        lambda: _parked(stack, correlation_id),
+    )
     answer = runner.submit(waiting_for_approval, correlation_id).result(timeout=30)
 
     assert answer == {"approved": True, "note": "2nd"}
@@ -180,7 +182,9 @@ def test_an_invalid_early_callback_does_not_block_the_valid_one_behind_it(
     stored = handle_row(stack.admin_dsn, correlation_id)
     assert stored is not None and stored["status"] == "RESUMED"
     assert stored["resume_payload"] == {"approved": True, "note": "2nd"}
-    assert parked() == 0, "a settled early callback must not stay parked"
+    assert _parked(stack, correlation_id) == 0, (
+        "a settled early callback must not stay parked"
+    )
 
 
 def test_duplicate_callbacks_resume_once_with_the_first_payload(

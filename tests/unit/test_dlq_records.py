@@ -12,10 +12,16 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
@@ -563,12 +569,18 @@ class FakeConsumer:
         return (0, 10)
 
 
+def watermarks(
+    consumer: FakeConsumer, timeout_seconds: float
+) -> dict[int, tuple[int, int]]:
+    return _watermarks(cast(Consumer, consumer), "dlq.test", timeout_seconds)
+
+
 def test_watermarks_wait_out_a_partition_between_leaders() -> None:
     consumer = FakeConsumer(
         [KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE]
     )
 
-    ranges = _watermarks(consumer, "dlq.test", timeout_seconds=5)  # type: ignore[arg-type]
+    ranges = watermarks(consumer, timeout_seconds=5)
 
     assert ranges == {0: (0, 10), 1: (0, 10)}
     assert consumer.calls == 4
@@ -578,7 +590,7 @@ def test_watermarks_fail_at_once_on_an_error_waiting_cannot_fix() -> None:
     consumer = FakeConsumer([KafkaError.TOPIC_AUTHORIZATION_FAILED])
 
     with pytest.raises(DeadLetterError, match=r"cannot read watermarks.*AUTHORIZATION"):
-        _watermarks(consumer, "dlq.test", timeout_seconds=5)  # type: ignore[arg-type]
+        watermarks(consumer, timeout_seconds=5)
     assert consumer.calls == 1
 
 
@@ -586,7 +598,7 @@ def test_watermarks_give_up_on_a_leaderless_partition_after_the_timeout() -> Non
     consumer = FakeConsumer([KafkaError.NOT_LEADER_FOR_PARTITION] * 1000)
 
     with pytest.raises(DeadLetterError, match="NOT_LEADER_FOR_PARTITION"):
-        _watermarks(consumer, "dlq.test", timeout_seconds=0.3)  # type: ignore[arg-type]
+        watermarks(consumer, timeout_seconds=0.3)
     assert 1 < consumer.calls < 1000
 
 
